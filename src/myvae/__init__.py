@@ -1,0 +1,11 @@
+"""myvae: the simple scVI model with PyTorch and Pyro backends, behind scanpy-style calls."""
+
+from importlib.metadata import version
+
+from . import datasets, model, module, pl, pp, tl
+from ._checks import InputError
+from .model import MyVAE
+
+__all__ = ["InputError", "MyVAE", "datasets", "model", "module", "pl", "pp", "tl"]
+
+__version__ = version("myvae")

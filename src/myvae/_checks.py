@@ -1,0 +1,152 @@
+"""Checks of user input, run before any work so that a failed call changes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+from scipy import sparse
+
+__all__ = [
+    "InputError",
+    "MIN_CELLS",
+    "check_anndata",
+    "check_counts",
+    "check_key_added",
+    "check_obs_key",
+    "check_positive_float",
+    "check_positive_int",
+    "get_counts_matrix",
+]
+
+MIN_CELLS = 10
+"""Fewest cells :func:`myvae.tl.myvae` trains on: it keeps 10% of them aside to score the model."""
+
+
+class InputError(ValueError):
+    """Raised when the data or an argument cannot be used; the message names the problem and the fix.
+
+    It is a :class:`ValueError`, so ``except ValueError`` catches it too.
+    """
+
+
+def check_anndata(data: Any, func: str) -> AnnData:
+    """Return ``data`` if it is an AnnData; explain what to pass instead otherwise.
+
+    Parameters
+    ----------
+    data
+        What the user passed as the first argument.
+    func
+        Name of the public function, for the message.
+    """
+    if isinstance(data, AnnData):
+        if data.isbacked:
+            raise InputError(
+                f"{func} got an AnnData opened in backed mode; "
+                "load it into memory first with `adata = adata.to_memory()`."
+            )
+        return data
+    if type(data).__name__ == "MuData":
+        modalities = ", ".join(repr(mod) for mod in getattr(data, "mod", {}))
+        raise InputError(
+            f"{func} got a MuData, which this version does not take yet; pass the RNA modality instead, "
+            f"e.g. `{func}(mdata['rna'])` (modalities: {modalities})."
+        )
+    raise InputError(f"{func} expects an AnnData (cells × genes), got {type(data).__name__}.")
+
+
+def get_counts_matrix(adata: AnnData, layer: str | None) -> Any:
+    """The matrix holding the counts: ``adata.layers[layer]``, or ``adata.X`` when ``layer`` is ``None``."""
+    if layer is None:
+        if adata.X is None:
+            raise InputError("adata.X is empty; pass `layer=` naming the layer that holds the raw counts.")
+        return adata.X
+    if layer not in adata.layers:
+        available = ", ".join(repr(key) for key in adata.layers) or "none"
+        raise InputError(
+            f"Layer {layer!r} does not exist (layers: {available}); pass one of them, or layer=None to use adata.X."
+        )
+    return adata.layers[layer]
+
+
+def check_obs_key(adata: AnnData, key: str, argument: str) -> None:
+    """Raise an :class:`InputError` if ``key`` is not an ``obs`` column, listing the columns."""
+    if key not in adata.obs.columns:
+        columns = ", ".join(repr(column) for column in adata.obs.columns) or "none"
+        raise InputError(f"{argument}={key!r} is not a column of adata.obs (columns: {columns}).")
+
+
+def _stored_values(matrix: Any) -> np.ndarray:
+    """The explicitly stored values: every entry of a dense array, the non-zeros of a sparse one."""
+    if sparse.issparse(matrix):
+        return np.asarray(matrix.data)
+    return np.asarray(matrix)
+
+
+def check_counts(matrix: Any, where: str) -> None:
+    """Check that ``matrix`` holds raw counts: finite, non-negative integers, and no cell without counts.
+
+    Parameters
+    ----------
+    matrix
+        Cells × genes, a NumPy array or a SciPy sparse matrix.
+    where
+        How the user names the matrix (``"adata.X"``, ``"adata.layers['counts']"``), for the messages.
+    """
+    if not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray)):
+        raise InputError(
+            f"{where} is a {type(matrix).__name__}; myvae takes a NumPy array or a SciPy sparse matrix of counts."
+        )
+    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise InputError(f"{where} has shape {matrix.shape}; it needs at least one cell and one gene.")
+    values = _stored_values(matrix)
+    if values.dtype == bool or not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+        raise InputError(f"{where} has dtype {values.dtype}; it must hold counts as integers or floats.")
+    if np.issubdtype(values.dtype, np.floating):
+        n_not_finite = int(np.count_nonzero(~np.isfinite(values)))
+        if n_not_finite:
+            raise InputError(
+                f"{where} holds {n_not_finite} NaN or infinite values; pass a matrix of raw counts "
+                "(e.g. layer='counts'), or fix or remove the affected cells."
+            )
+    minimum = values.min() if values.size else 0
+    if minimum < 0:
+        raise InputError(
+            f"{where} holds negative values (minimum {minimum:g}); it looks scaled or centred. "
+            "Pass the raw counts, e.g. layer='counts'."
+        )
+    if np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values)):
+        raise InputError(
+            f"{where} holds non-integer values (it looks log-normalised); pass layer='counts' or the raw counts "
+            "(for example, keep `adata.layers['counts'] = adata.X.copy()` before normalising)."
+        )
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    n_empty = int(np.count_nonzero(totals == 0))
+    if n_empty:
+        raise InputError(
+            f"{n_empty} cells have zero total counts in {where}; remove them first with "
+            "`sc.pp.filter_cells(adata, min_counts=1)`."
+        )
+
+
+def check_positive_int(value: Any, argument: str, *, allow_none: bool = False) -> None:
+    """Raise an :class:`InputError` unless ``value`` is a positive integer (or ``None`` when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        allowed = "a positive integer or None" if allow_none else "a positive integer"
+        raise InputError(f"{argument} must be {allowed}, got {value!r}.")
+
+
+def check_positive_float(value: Any, argument: str) -> None:
+    """Raise an :class:`InputError` unless ``value`` is a finite number greater than zero."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not (0 < value < np.inf):
+        raise InputError(f"{argument} must be a finite number greater than 0, got {value!r}.")
+
+
+def check_key_added(key_added: Any) -> None:
+    """Raise an :class:`InputError` unless ``key_added`` can name ``obsm``/``uns`` entries."""
+    if not isinstance(key_added, str) or not key_added or "/" in key_added:
+        raise InputError(f"key_added must be a non-empty string without '/', got {key_added!r}.")

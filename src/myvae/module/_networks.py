@@ -1,0 +1,76 @@
+"""The networks of the simple scVI model, written once and shared by both modules."""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import Normal
+from torch import nn
+
+from ._likelihood import NegativeBinomialMean
+
+__all__ = ["VAENetworks", "one_hidden_layer_mlp"]
+
+VARIANCE_FLOOR = 1e-4
+"""Added to the encoder's variance so that a collapsed ``exp`` never yields a zero scale."""
+
+
+def one_hidden_layer_mlp(n_input: int, n_output: int, n_hidden: int) -> nn.Sequential:
+    """A fully connected network with one hidden ReLU layer (``Linear → ReLU → Linear``).
+
+    Parameters
+    ----------
+    n_input
+        Input size.
+    n_output
+        Output size.
+    n_hidden
+        Width of the hidden layer.
+    """
+    return nn.Sequential(nn.Linear(n_input, n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_output))
+
+
+class VAENetworks(nn.Module):
+    r"""Encoder, decoder and gene-wise inverse dispersion of the simple scVI model.
+
+    - :meth:`posterior`: :math:`q(z_n \mid x_n) = \mathcal N(\mu(\log(1 + x_n)), \sigma^2(\log(1 + x_n)))`,
+      with one network for the mean and one (through ``exp``) for the variance;
+    - :meth:`likelihood`: :math:`p(x_n \mid z_n) = \mathrm{NB}(l_n \rho_n, \theta)` with
+      :math:`\rho_n = \mathrm{softmax}(f(z_n))` and :math:`\theta = \exp(\log\theta)` per gene.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_latent
+        Dimension of the latent space.
+    n_hidden
+        Width of the hidden layer of every network.
+    """
+
+    def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128):
+        super().__init__()
+        self.n_input = n_input
+        self.n_latent = n_latent
+        self.z_mean_encoder = one_hidden_layer_mlp(n_input, n_latent, n_hidden)
+        self.z_var_encoder = one_hidden_layer_mlp(n_input, n_latent, n_hidden)
+        self.decoder = one_hidden_layer_mlp(n_latent, n_input, n_hidden)
+        self.log_theta = nn.Parameter(torch.randn(n_input))
+
+    def posterior(self, x: torch.Tensor) -> Normal:
+        r"""The approximate posterior :math:`q(z \mid x)` of a minibatch of counts ``x`` (cells × genes)."""
+        log_x = torch.log1p(x)
+        qz_m = self.z_mean_encoder(log_x)
+        qz_v = self.z_var_encoder(log_x).exp() + VARIANCE_FLOOR
+        return Normal(qz_m, qz_v.sqrt())
+
+    def log_rho(self, z: torch.Tensor) -> torch.Tensor:
+        r"""Log of the expression proportions :math:`\rho = \mathrm{softmax}(f(z))` over genes."""
+        return torch.log_softmax(self.decoder(z), dim=-1)
+
+    def likelihood(self, z: torch.Tensor, library: torch.Tensor) -> NegativeBinomialMean:
+        r"""The observation model :math:`p(x \mid z, l)` for latent codes ``z`` and observed library sizes ``l``."""
+        return NegativeBinomialMean(log_mu=torch.log(library) + self.log_rho(z), log_theta=self.log_theta)
+
+    def prior(self, like: torch.Tensor) -> Normal:
+        """The standard normal prior :math:`p(z)`, shaped like ``like``."""
+        return Normal(torch.zeros_like(like), torch.ones_like(like))

@@ -1,0 +1,75 @@
+"""The simple scVI model in Pyro: ``model`` and ``guide``, with the ELBO formed by Pyro's SVI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import torch
+from pyro import poutine
+from scvi import REGISTRY_KEYS
+from scvi.module.base import PyroBaseModuleClass
+
+from ._base import AmortisedInferenceMixin, observed_library
+from ._networks import VAENetworks
+
+__all__ = ["PyroVAEModule"]
+
+
+class PyroVAEModule(AmortisedInferenceMixin, PyroBaseModuleClass):
+    r"""The simple scVI model as an scvi-tools :class:`~scvi.module.base.PyroBaseModuleClass`.
+
+    ``model`` and ``guide`` share the networks of :class:`~myvae.module.TorchVAEModule`. Every site of the cell
+    plate is scaled by :math:`1/N` (minibatch size), so Pyro's mean-field ELBO
+    (:class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL) equals the PyTorch module's loss for the same weights
+    and the same random draw. The latent site is also scaled by the KL weight :math:`w` in both ``model`` and
+    ``guide``, which scales the analytic KL term.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_latent
+        Dimension of the latent space.
+    n_hidden
+        Width of the hidden layer of every network.
+    """
+
+    def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128):
+        super().__init__()
+        self.networks = VAENetworks(n_input, n_latent=n_latent, n_hidden=n_hidden)
+
+    @staticmethod
+    def _get_fn_args_from_batch(tensor_dict: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], dict]:
+        x = tensor_dict[REGISTRY_KEYS.X_KEY]
+        return (x, observed_library(x)), {}
+
+    @property
+    def model(self) -> Callable[..., None]:
+        r"""The generative model :math:`p(x, z \mid l)`."""
+        return self._model
+
+    @property
+    def guide(self) -> Callable[..., None]:
+        r"""The amortised guide :math:`q(z \mid x)`."""
+        return self._guide
+
+    def _cell_plate(self, x: torch.Tensor):
+        return pyro.plate("cells", size=x.shape[0], dim=-1)
+
+    def _model(self, x: torch.Tensor, library: torch.Tensor, kl_weight: float = 1.0) -> None:
+        pyro.module("myvae_networks", self.networks)
+        n_cells = x.shape[0]
+        with self._cell_plate(x), poutine.scale(scale=1.0 / n_cells):
+            prior = self.networks.prior(torch.zeros(n_cells, self.networks.n_latent, device=x.device))
+            with poutine.scale(scale=kl_weight):
+                z = pyro.sample("z", prior.to_event(1))
+            pyro.sample("x", self.networks.likelihood(z, library).to_event(1), obs=x)
+
+    def _guide(self, x: torch.Tensor, library: torch.Tensor, kl_weight: float = 1.0) -> None:
+        pyro.module("myvae_networks", self.networks)
+        with self._cell_plate(x), poutine.scale(scale=1.0 / x.shape[0]), poutine.scale(scale=kl_weight):
+            pyro.sample("z", self.networks.posterior(x).to_event(1))
+
+    def on_load(self, model, **kwargs) -> None:
+        """Nothing to rebuild on load: every parameter lives in :attr:`networks`, restored from the state dict."""

@@ -1,0 +1,5 @@
+"""Plotting."""
+
+from ._elbo import elbo
+
+__all__ = ["elbo"]

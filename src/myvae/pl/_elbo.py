@@ -1,0 +1,71 @@
+"""``pl.elbo``: training curves of a :func:`myvae.tl.myvae` run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+from anndata import AnnData
+from matplotlib.axes import Axes
+
+from myvae._checks import InputError, check_anndata
+
+__all__ = ["elbo"]
+
+_CURVES = {"elbo_train": "training cells", "elbo_validation": "held-out cells"}
+
+
+def elbo(adata: AnnData, key: str = "myvae", *, ax: Axes | None = None, show: bool | None = None) -> Axes | None:
+    """Plot the ELBO per cell at each epoch, on the training and on the held-out cells.
+
+    A held-out curve that flattens means training has converged; one that falls while the training curve still
+    rises means the model overfits.
+
+    Parameters
+    ----------
+    adata
+        AnnData on which :func:`myvae.tl.myvae` ran.
+    key
+        The ``key_added`` of that run.
+    ax
+        Axes to draw into; a new figure if ``None``.
+    show
+        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`. The axes are returned when it is not
+        shown.
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes`, unless the figure is shown.
+
+    Examples
+    --------
+    >>> import myvae as mv
+    >>> adata = mv.datasets.pbmc3k()[:300, :800].copy()
+    >>> mv.tl.myvae(adata, max_epochs=3, progress=False)
+    >>> ax = mv.pl.elbo(adata, show=False)
+    """
+    adata = check_anndata(adata, "elbo")
+    run = adata.uns.get(key)
+    history = run.get("history") if isinstance(run, Mapping) else None
+    if not history:
+        raise InputError(
+            f"adata.uns[{key!r}] holds no myvae training history; run `mv.tl.myvae(adata, key_added={key!r})` first."
+        )
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    for name, label in _CURVES.items():
+        if name in history:
+            values = history[name]
+            ax.plot(range(1, len(values) + 1), values, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO per cell")
+    ax.set_title(f"myvae training ({key})")
+    ax.legend(frameon=False)
+    if show is None:
+        import scanpy as sc
+
+        show = sc.settings.autoshow
+    if show:
+        plt.show()
+        return None
+    return ax

@@ -1,0 +1,97 @@
+"""``pp.setup_counts``: check which matrix holds the counts and record the choice in the AnnData."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anndata import AnnData
+
+from myvae._checks import check_anndata, check_counts, check_obs_key, get_counts_matrix
+
+__all__ = ["SETUP_KEY", "counts_location", "read_setup", "setup_counts"]
+
+SETUP_KEY = "myvae_setup"
+"""Key of ``adata.uns`` where :func:`setup_counts` records its choices."""
+
+
+def counts_location(layer: str | None) -> str:
+    """How the user names the counts matrix, for messages: ``adata.X`` or ``adata.layers['…']``."""
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def _make_record(layer: str | None, batch_key: str | None) -> dict[str, str]:
+    # h5ad cannot store None, so an unset choice is left out of the record.
+    record = {"layer": layer, "batch_key": batch_key}
+    return {key: value for key, value in record.items() if value is not None}
+
+
+def read_setup(adata: AnnData) -> dict[str, Any]:
+    """The choices recorded by :func:`setup_counts`, with ``None`` for those not made.
+
+    Returns
+    -------
+    A dict with keys ``layer`` and ``batch_key``; both ``None`` when the AnnData was never set up.
+    """
+    record = dict(adata.uns.get(SETUP_KEY, {}))
+    return {"layer": record.get("layer"), "batch_key": record.get("batch_key")}
+
+
+def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> None:
+    """Check that ``layer`` (or ``X``) holds raw counts and that ``batch_key`` names an ``obs`` column."""
+    counts = get_counts_matrix(adata, layer)
+    if batch_key is not None:
+        check_obs_key(adata, batch_key, "batch_key")
+    check_counts(counts, counts_location(layer))
+
+
+def setup_counts(
+    data: AnnData,
+    layer: str | None = None,
+    *,
+    batch_key: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Check that a matrix holds raw counts and record it as the input of :func:`myvae.tl.myvae`.
+
+    The checks run before anything is written: the counts must be finite, non-negative integers (stored as an
+    integer or a float dtype, dense or sparse) and every cell must have at least one count. The choices are
+    recorded in ``adata.uns["myvae_setup"]``, so they survive :func:`anndata.AnnData.write_h5ad` and a new
+    Python session.
+
+    Parameters
+    ----------
+    data
+        Annotated data matrix, cells × genes.
+    layer
+        Layer holding the raw counts; ``None`` uses ``adata.X``.
+    batch_key
+        Column of ``adata.obs`` naming each cell's batch. It is recorded now; the model uses it from the release
+        that adds batch correction.
+    copy
+        Return a copy instead of writing to ``data``.
+
+    Returns
+    -------
+    ``None``, or a set-up copy if ``copy=True``. Sets ``adata.uns["myvae_setup"]``: a dict with ``layer`` and
+    ``batch_key`` (each left out when not given).
+
+    Raises
+    ------
+    myvae.InputError
+        If the matrix does not hold raw counts, or ``layer`` or ``batch_key`` does not exist.
+
+    Examples
+    --------
+    >>> import myvae as mv
+    >>> adata = mv.datasets.pbmc3k()
+    >>> adata.layers["counts"] = adata.X.copy()
+    >>> mv.pp.setup_counts(adata, layer="counts")
+    >>> adata.uns["myvae_setup"]
+    {'layer': 'counts'}
+    """
+    adata = check_anndata(data, "setup_counts")
+    check_setup(adata, layer, batch_key)
+    if copy:
+        adata = adata.copy()
+    adata.uns[SETUP_KEY] = _make_record(layer, batch_key)
+    return adata if copy else None

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from anndata.tests.helpers import assert_equal
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def small_adata() -> ad.AnnData:
+    """80 PBMC 3k cells × 230 genes of raw counts (tests/data/pbmc_small_80.h5ad)."""
+    return ad.read_h5ad(DATA / "pbmc_small_80.h5ad")
+
+
+@pytest.fixture
+def lognormalised_adata(small_adata) -> ad.AnnData:
+    """The same cells, with the raw counts in layers['counts'] and log-normalised values in X."""
+    import scanpy as sc
+
+    small_adata.layers["counts"] = small_adata.X.copy()
+    sc.pp.normalize_total(small_adata, target_sum=1e4)
+    sc.pp.log1p(small_adata)
+    return small_adata
+
+
+class Unchanged:
+    """Context manager asserting that an AnnData is exactly as before, whatever the block raised."""
+
+    def __init__(self, adata: ad.AnnData):
+        self.adata = adata
+        self.before = adata.copy()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        assert_equal(self.adata, self.before)
+        assert set(self.adata.uns) == set(self.before.uns)
+        assert set(self.adata.obsm) == set(self.before.obsm)
+        return False
+
+
+@pytest.fixture
+def unchanged():
+    return Unchanged
+
+
+def fast_train_kwargs(**overrides):
+    """Arguments that make tl.myvae train in about a second on the small data."""
+    return {"max_epochs": 8, "batch_size": 32, "progress": False, "accelerator": "cpu", **overrides}
+
+
+def assert_finite(array) -> None:
+    assert np.isfinite(np.asarray(array)).all()

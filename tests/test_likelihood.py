@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from myvae.module import NegativeBinomialMean, negative_binomial_log_prob
+
+
+def test_log_prob_matches_scipy():
+    rng = np.random.default_rng(0)
+    mu = rng.lognormal(mean=0.0, sigma=2.0, size=2000)
+    theta = rng.lognormal(mean=0.0, sigma=1.5, size=2000)
+    x = rng.negative_binomial(n=theta, p=theta / (theta + mu)).astype(np.float64)
+    x[:50] = 0
+    x[50:60] = 1e5
+    expected = stats.nbinom.logpmf(x, n=theta, p=theta / (theta + mu))
+    got = negative_binomial_log_prob(
+        torch.as_tensor(x), torch.as_tensor(np.log(mu)), torch.as_tensor(np.log(theta))
+    ).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_distribution_log_prob_broadcasts_per_gene_theta():
+    log_mu = torch.randn(4, 3, dtype=torch.float64)
+    log_theta = torch.randn(3, dtype=torch.float64)
+    x = torch.tensor([[0.0, 1.0, 5.0]] * 4, dtype=torch.float64)
+    dist = NegativeBinomialMean(log_mu, log_theta)
+    assert dist.batch_shape == (4, 3)
+    torch.testing.assert_close(dist.log_prob(x), negative_binomial_log_prob(x, log_mu, log_theta.expand(4, 3)))
+    expanded = NegativeBinomialMean(log_mu[:1], log_theta).expand((4, 3))
+    assert expanded.batch_shape == (4, 3)
+
+
+@pytest.mark.parametrize(("mu", "theta"), [(0.5, 0.2), (8.0, 3.0), (200.0, 50.0)])
+def test_samples_have_the_nb_mean_and_variance(mu, theta):
+    torch.manual_seed(0)
+    dist = NegativeBinomialMean(torch.tensor(np.log(mu)), torch.tensor(np.log(theta)))
+    draws = dist.sample((200_000,)).double()
+    assert torch.all(draws == draws.round()) and torch.all(draws >= 0)
+    assert draws.mean().item() == pytest.approx(mu, rel=0.03)
+    assert draws.var().item() == pytest.approx(mu + mu**2 / theta, rel=0.06)
+    assert dist.mean.item() == pytest.approx(mu, rel=1e-6)
+    assert dist.variance.item() == pytest.approx(mu + mu**2 / theta, rel=1e-5)

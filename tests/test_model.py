@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+from conftest import fast_train_kwargs
+
+import myvae as mv
+from myvae.model._myvae import default_max_epochs
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_save_load_round_trip_reproduces_the_latent_space(small_adata, tmp_path, backend):
+    mv.MyVAE.setup_anndata(small_adata)
+    model = mv.MyVAE(small_adata, n_latent=4, backend=backend)
+    model.train(max_epochs=3, batch_size=32, progress=False, accelerator="cpu")
+    latent = model.get_latent_representation()
+    model.save(tmp_path / "model", save_anndata=False)
+
+    loaded = mv.MyVAE.load(tmp_path / "model", adata=small_adata, accelerator="cpu")
+    assert loaded.backend == backend and loaded.is_trained
+    np.testing.assert_allclose(loaded.get_latent_representation(), latent, rtol=1e-6, atol=1e-6)
+
+
+def test_model_refuses_an_unknown_backend(small_adata):
+    mv.MyVAE.setup_anndata(small_adata)
+    with pytest.raises(ValueError, match="Unknown backend 'tensorflow'"):
+        mv.MyVAE(small_adata, backend="tensorflow")
+
+
+def test_returned_model_keeps_training_history(small_adata):
+    model = mv.tl.myvae(small_adata, return_model=True, **fast_train_kwargs(max_epochs=2))
+    assert len(model.history["elbo_validation"]) == 2
+    assert "MyVAE (torch backend)" in repr(model)
+
+
+@pytest.mark.parametrize(("n_obs", "expected"), [(80, 400), (2_700, 400), (20_000, 400), (100_000, 80), (10**7, 20)])
+def test_default_max_epochs_shrinks_with_data_size(n_obs, expected):
+    assert default_max_epochs(n_obs) == expected

@@ -1,0 +1,74 @@
+import pytest
+import torch
+from pyro.infer import TraceMeanField_ELBO
+from scvi import REGISTRY_KEYS
+
+from myvae.module import PyroVAEModule, TorchVAEModule
+from myvae.module._base import observed_library
+
+
+@pytest.fixture
+def counts(small_adata) -> torch.Tensor:
+    return torch.as_tensor(small_adata.X.toarray())
+
+
+def _twin_modules(n_genes: int) -> tuple[TorchVAEModule, PyroVAEModule]:
+    torch.manual_seed(0)
+    torch_module = TorchVAEModule(n_genes, n_latent=10, n_hidden=128)
+    pyro_module = PyroVAEModule(n_genes, n_latent=10, n_hidden=128)
+    pyro_module.networks.load_state_dict(torch_module.networks.state_dict())
+    return torch_module, pyro_module
+
+
+@pytest.mark.parametrize("kl_weight", [1.0, 0.3])
+def test_torch_loss_equals_pyro_mean_field_elbo(counts, kl_weight):
+    torch_module, pyro_module = _twin_modules(counts.shape[1])
+
+    torch.manual_seed(42)
+    _, _, loss_output = torch_module({REGISTRY_KEYS.X_KEY: counts}, loss_kwargs={"kl_weight": kl_weight})
+    torch_loss = loss_output.loss
+    torch_loss.backward()
+
+    torch.manual_seed(42)
+    pyro_loss = TraceMeanField_ELBO().differentiable_loss(
+        pyro_module.model, pyro_module.guide, counts, observed_library(counts), kl_weight=kl_weight
+    )
+    pyro_loss.backward()
+
+    assert torch_loss.item() == pytest.approx(pyro_loss.item(), rel=1e-5)
+    for (name, torch_param), pyro_param in zip(
+        torch_module.networks.named_parameters(), pyro_module.networks.parameters(), strict=True
+    ):
+        torch.testing.assert_close(torch_param.grad, pyro_param.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_loss_is_reconstruction_plus_kl(counts):
+    torch_module, _ = _twin_modules(counts.shape[1])
+    _, _, loss_output = torch_module({REGISTRY_KEYS.X_KEY: counts})
+    per_cell = loss_output.reconstruction_loss["reconstruction_loss"] + loss_output.kl_local["kl_local"]
+    assert loss_output.loss.item() == pytest.approx(per_cell.mean().item(), rel=1e-6)
+    assert torch.all(loss_output.kl_local["kl_local"] >= 0)
+
+
+def test_inference_returns_what_scvi_tools_reads(counts):
+    torch_module, pyro_module = _twin_modules(counts.shape[1])
+    for module in (torch_module, pyro_module):
+        outputs = module.inference(**module._get_inference_input({REGISTRY_KEYS.X_KEY: counts}))
+        assert outputs["qz"].loc.shape == (counts.shape[0], 10)
+        assert outputs["z"].shape == (counts.shape[0], 10)
+        torch.testing.assert_close(outputs["library"], counts.sum(1, keepdim=True))
+
+
+def test_sample_draws_posterior_predictive_counts(counts):
+    torch_module, _ = _twin_modules(counts.shape[1])
+    torch.manual_seed(0)
+    tensors = {REGISTRY_KEYS.X_KEY: counts}
+    one = torch_module.sample(tensors)
+    several = torch_module.sample(tensors, n_samples=3)
+    assert one.shape == counts.shape
+    assert several.shape == (*counts.shape, 3)
+    for draw in (one, several):
+        assert torch.all(draw >= 0) and torch.all(draw == draw.round())
+    # the library size is observed, so a draw's totals scatter around each cell's total
+    ratio = one.sum(1) / counts.sum(1)
+    assert 0.5 < ratio.median().item() < 2.0
