@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 import pytest
 from anndata.tests.helpers import assert_equal
 
@@ -45,12 +44,3 @@ class Unchanged:
 @pytest.fixture
 def unchanged():
     return Unchanged
-
-
-def fast_train_kwargs(**overrides):
-    """Arguments that make tl.myvae train in about a second on the small data."""
-    return {"max_epochs": 8, "batch_size": 32, "progress": False, "accelerator": "cpu", **overrides}
-
-
-def assert_finite(array) -> None:
-    assert np.isfinite(np.asarray(array)).all()

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import fast_train_kwargs
+from helpers import fast_train_kwargs
 
 import myvae as mv
 from myvae.model._myvae import default_max_epochs
@@ -28,7 +28,7 @@ def test_model_refuses_an_unknown_backend(small_adata):
 def test_returned_model_keeps_training_history(small_adata):
     model = mv.tl.myvae(small_adata, return_model=True, **fast_train_kwargs(max_epochs=2))
     assert len(model.history["elbo_validation"]) == 2
-    assert "MyVAE (torch backend)" in repr(model)
+    assert model._model_summary_string.startswith("MyVAE (torch backend)")
 
 
 @pytest.mark.parametrize(("n_obs", "expected"), [(80, 400), (2_700, 400), (20_000, 400), (100_000, 80), (10**7, 20)])

@@ -4,7 +4,7 @@ import mudata as md
 import numpy as np
 import pytest
 import scanpy as sc
-from conftest import assert_finite, fast_train_kwargs
+from helpers import assert_finite, fast_train_kwargs
 
 import myvae as mv
 
@@ -24,6 +24,7 @@ def test_trains_and_writes_results(small_adata, backend):
     assert params["backend"] == backend
     assert params["n_latent"] == 10 and params["max_epochs"] == 15 and params["epochs_trained"] == 15
     assert params["counts"] == "adata.X"
+    assert params["early_stopping"] is True and params["train_size"] == 0.9 and params["lr"] == 1e-3
     assert params["versions"]["myvae"] == mv.__version__
 
     history = small_adata.uns["myvae"]["history"]

@@ -3,7 +3,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest
-from conftest import fast_train_kwargs
+from helpers import fast_train_kwargs
 
 import myvae as mv
 

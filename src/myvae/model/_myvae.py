@@ -122,7 +122,8 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         train_size: float = 0.9,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
-        early_stopping: bool = False,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 20,
         progress: bool = True,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -144,7 +145,10 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         devices
             Lightning devices.
         early_stopping
-            Stop when the held-out ELBO stops improving (scvi-tools' early stopping on ``elbo_validation``).
+            Stop once the held-out ELBO has not improved for ``early_stopping_patience`` epochs (scvi-tools' early
+            stopping on ``elbo_validation``): past that point the model only overfits the training cells.
+        early_stopping_patience
+            Epochs without improvement of the held-out ELBO before training stops.
         progress
             Show a progress bar.
         plan_kwargs
@@ -163,6 +167,7 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             "train_size": train_size,
             "batch_size": batch_size,
             "early_stopping": early_stopping,
+            "early_stopping_patience": early_stopping_patience,
             "enable_progress_bar": progress,
             **trainer_kwargs,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from importlib.metadata import version
 from typing import Any
@@ -54,6 +55,17 @@ def _history_as_elbo(model: MyVAE) -> dict[str, np.ndarray]:
     }
 
 
+def _resolved_train_arguments(**train_kwargs: Any) -> dict[str, Any]:
+    """Every argument of :meth:`MyVAE.train` that shapes the result, defaults filled in (not ``progress``)."""
+    bound = inspect.signature(MyVAE.train).bind(None, **train_kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    arguments.update(arguments.pop("trainer_kwargs"))
+    for name in ("self", "progress"):
+        arguments.pop(name)
+    return arguments
+
+
 def _storable(value: Any) -> Any:
     """``value`` if an h5ad file can store it as a parameter, otherwise its ``repr``."""
     if isinstance(value, str | bool | int | float | np.number):
@@ -100,8 +112,9 @@ def myvae(
     n_hidden
         Width of the hidden layer of the encoder and decoder networks.
     max_epochs
-        Passes over the training cells; ``None`` picks a number from the data size (400 for up to 20,000 cells,
-        fewer for more cells, at least 20).
+        Most passes over the training cells; ``None`` picks a number from the data size (400 for up to 20,000
+        cells, fewer for more cells, at least 20). Training stops earlier once the held-out ELBO has not improved
+        for 20 epochs (pass ``early_stopping=False`` to train all epochs).
     batch_size
         Cells per minibatch.
     lr
@@ -119,7 +132,7 @@ def myvae(
     copy
         Return a copy instead of writing to ``data``.
     **train_kwargs
-        Passed to :meth:`myvae.model.MyVAE.train`, e.g. ``early_stopping=True`` or ``train_size=0.8``.
+        Passed to :meth:`myvae.model.MyVAE.train`, e.g. ``early_stopping=False`` or ``train_size=0.8``.
 
     Returns
     -------
@@ -129,7 +142,8 @@ def myvae(
     ``adata.obsm[f"X_{key_added}"]``
         Posterior mean of the latent code, ``float32``, cells × ``n_latent``.
     ``adata.uns[key_added]["params"]``
-        Every argument that shaped the result, the number of epochs trained and the package versions.
+        Every argument that shaped the result (those of :meth:`~myvae.model.MyVAE.train` included, defaults
+        filled in), the number of epochs trained and the package versions.
     ``adata.uns[key_added]["history"]``
         ``elbo_train`` and ``elbo_validation``: the ELBO per cell at each epoch, on the training and the
         held-out cells (higher is better).
@@ -177,28 +191,20 @@ def myvae(
         scvi.settings.seed = random_state
     MyVAE.setup_anndata(training_data)
     model = MyVAE(training_data, n_latent=n_latent, n_hidden=n_hidden, backend=backend)
-    model.train(
-        resolved_max_epochs,
-        lr=lr,
-        batch_size=batch_size,
-        accelerator=accelerator,
-        progress=progress,
-        **train_kwargs,
+    train_arguments = _resolved_train_arguments(
+        max_epochs=resolved_max_epochs, lr=lr, batch_size=batch_size, accelerator=accelerator, **train_kwargs
     )
+    model.train(**train_arguments, progress=progress)
     embedding = model.get_latent_representation(give_mean=True).astype(np.float32)
     history = _history_as_elbo(model)
     params = {
         "backend": backend,
         "n_latent": n_latent,
         "n_hidden": n_hidden,
-        "max_epochs": resolved_max_epochs,
-        "epochs_trained": len(history["elbo_train"]),
-        "batch_size": batch_size,
-        "lr": lr,
         "random_state": random_state,
-        "accelerator": accelerator,
         "counts": counts_location(setup["layer"]),
-        "train_kwargs": _storable(train_kwargs),
+        **_storable(train_arguments),
+        "epochs_trained": len(history["elbo_train"]),
         "versions": {package: version(package) for package in _VERSIONED_PACKAGES},
     }
 
