@@ -8,7 +8,7 @@ from scvi.module.base import auto_move_data
 
 from ._networks import VAENetworks
 
-__all__ = ["AmortisedInferenceMixin", "observed_library"]
+__all__ = ["SharedNetworksMixin", "observed_library"]
 
 
 def observed_library(x: torch.Tensor) -> torch.Tensor:
@@ -16,14 +16,16 @@ def observed_library(x: torch.Tensor) -> torch.Tensor:
     return x.sum(dim=-1, keepdim=True)
 
 
-class AmortisedInferenceMixin:
-    """Gives a module scvi-tools' ``inference`` interface on top of its :class:`VAENetworks`.
+class SharedNetworksMixin:
+    """Builds a module's :class:`VAENetworks` and gives it scvi-tools' ``inference`` interface on top of them.
 
     scvi-tools' :meth:`~scvi.model.base.VAEMixin.get_latent_representation` calls
     ``module.inference(**module._get_inference_input(tensors))`` and reads ``qz`` (a distribution) and ``z``.
     """
 
-    networks: VAENetworks
+    def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128):
+        super().__init__()
+        self.networks = VAENetworks(n_input, n_latent=n_latent, n_hidden=n_hidden)
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"x": tensors[REGISTRY_KEYS.X_KEY]}

@@ -10,13 +10,12 @@ from pyro import poutine
 from scvi import REGISTRY_KEYS
 from scvi.module.base import PyroBaseModuleClass
 
-from ._base import AmortisedInferenceMixin, observed_library
-from ._networks import VAENetworks
+from ._base import SharedNetworksMixin, observed_library
 
 __all__ = ["PyroVAEModule"]
 
 
-class PyroVAEModule(AmortisedInferenceMixin, PyroBaseModuleClass):
+class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
     r"""The simple scVI model as an scvi-tools :class:`~scvi.module.base.PyroBaseModuleClass`.
 
     ``model`` and ``guide`` share the networks of :class:`~myvae.module.TorchVAEModule`. Every site of the cell
@@ -34,10 +33,6 @@ class PyroVAEModule(AmortisedInferenceMixin, PyroBaseModuleClass):
     n_hidden
         Width of the hidden layer of every network.
     """
-
-    def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128):
-        super().__init__()
-        self.networks = VAENetworks(n_input, n_latent=n_latent, n_hidden=n_hidden)
 
     @staticmethod
     def _get_fn_args_from_batch(tensor_dict: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], dict]:

@@ -7,13 +7,12 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch.distributions import kl_divergence
 
-from ._base import AmortisedInferenceMixin
-from ._networks import VAENetworks
+from ._base import SharedNetworksMixin
 
 __all__ = ["TorchVAEModule"]
 
 
-class TorchVAEModule(AmortisedInferenceMixin, BaseModuleClass):
+class TorchVAEModule(SharedNetworksMixin, BaseModuleClass):
     r"""The simple scVI model as an scvi-tools :class:`~scvi.module.base.BaseModuleClass`.
 
     The loss of a minibatch is the negative ELBO per cell,
@@ -34,10 +33,6 @@ class TorchVAEModule(AmortisedInferenceMixin, BaseModuleClass):
     n_hidden
         Width of the hidden layer of every network.
     """
-
-    def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128):
-        super().__init__()
-        self.networks = VAENetworks(n_input, n_latent=n_latent, n_hidden=n_hidden)
 
     def _get_generative_input(
         self, tensors: dict[str, torch.Tensor], inference_outputs: dict[str, torch.Tensor]
