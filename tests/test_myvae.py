@@ -125,8 +125,8 @@ def test_recorded_layer_that_disappeared(small_adata, unchanged):
         mv.tl.myvae(small_adata, **fast_train_kwargs())
 
 
-def test_mudata_gets_a_clear_error(small_adata):
-    with pytest.raises(mv.InputError, match=r"MuData.*mdata\['rna'\].*'rna'"):
+def test_mudata_without_mod_lists_the_modalities(small_adata):
+    with pytest.raises(mv.InputError, match=r"got a MuData; pass mod=.*\(modalities: 'rna'\)"):
         mv.tl.myvae(md.MuData({"rna": small_adata}))
 
 
@@ -139,6 +139,9 @@ def test_mudata_gets_a_clear_error(small_adata):
         ({"batch_size": True}, "batch_size must be a positive integer"),
         ({"lr": float("nan")}, "lr must be a finite number greater than 0"),
         ({"key_added": ""}, "key_added must be a non-empty string"),
+        ({"layer_added": "a/b"}, "layer_added must be a non-empty string without '/'"),
+        ({"library_size": 0}, "library_size must be a finite number greater than 0"),
+        ({"mod": "rna"}, "mod='rna' applies to a MuData, but myvae got an AnnData"),
     ],
 )
 def test_bad_arguments(small_adata, unchanged, kwargs, message):

@@ -89,10 +89,12 @@ def test_lognormalised_x_names_the_fix(lognormalised_adata, unchanged):
     assert lognormalised_adata.uns["myvae_setup"]["layer"] == "counts"
 
 
-def test_mudata_gets_a_clear_error(small_adata):
+def test_mudata_needs_an_existing_modality(small_adata):
     mdata = md.MuData({"rna": small_adata})
-    with pytest.raises(mv.InputError, match=r"MuData.*mdata\['rna'\]"):
+    with pytest.raises(mv.InputError, match=r"got a MuData; pass mod=.*'rna'"):
         mv.pp.setup_counts(mdata)
+    with pytest.raises(mv.InputError, match=r"mod='gex' is not a modality of the MuData \(modalities: 'rna'\)"):
+        mv.pp.setup_counts(mdata, mod="gex")
     assert "myvae_setup" not in mdata.uns and "myvae_setup" not in small_adata.uns
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
@@ -17,6 +19,7 @@ __all__ = [
     "check_obs_key",
     "check_positive_float",
     "check_positive_int",
+    "check_same_genes",
     "get_counts_matrix",
 ]
 
@@ -48,13 +51,7 @@ def check_anndata(data: Any, func: str) -> AnnData:
                 "load it into memory first with `adata = adata.to_memory()`."
             )
         return data
-    if type(data).__name__ == "MuData":
-        modalities = ", ".join(repr(mod) for mod in getattr(data, "mod", {}))
-        raise InputError(
-            f"{func} got a MuData, which this version does not take yet; pass the RNA modality instead, "
-            f"e.g. `{func}(mdata['rna'])` (modalities: {modalities})."
-        )
-    raise InputError(f"{func} expects an AnnData (cells × genes), got {type(data).__name__}.")
+    raise InputError(f"{func} expects an AnnData or a MuData (cells × genes), got {type(data).__name__}.")
 
 
 def get_counts_matrix(adata: AnnData, layer: str | None) -> Any:
@@ -146,7 +143,27 @@ def check_positive_float(value: Any, argument: str) -> None:
         raise InputError(f"{argument} must be a finite number greater than 0, got {value!r}.")
 
 
-def check_key_added(key_added: Any) -> None:
-    """Raise an :class:`InputError` unless ``key_added`` can name ``obsm``/``uns`` entries."""
-    if not isinstance(key_added, str) or not key_added or "/" in key_added:
-        raise InputError(f"key_added must be a non-empty string without '/', got {key_added!r}.")
+def check_key_added(key: Any, argument: str = "key_added") -> None:
+    """Raise an :class:`InputError` unless ``key`` can name ``obsm``/``layers``/``uns`` entries."""
+    if not isinstance(key, str) or not key or "/" in key:
+        raise InputError(f"{argument} must be a non-empty string without '/', got {key!r}.")
+
+
+def check_same_genes(model_genes: Sequence[str], data_genes: Sequence[str]) -> None:
+    """Raise an :class:`InputError` unless the data have the model's genes, by name and in the same order."""
+    model_genes, data_genes = pd.Index(model_genes), pd.Index(data_genes)
+    if model_genes.equals(data_genes):
+        return
+    missing = model_genes.difference(data_genes)
+    extra = data_genes.difference(model_genes)
+
+    def _some(names: pd.Index) -> str:
+        shown = ", ".join(map(repr, names[:5]))
+        return f"{len(names)} ({shown}{', …' if len(names) > 5 else ''})"
+
+    if len(missing) or len(extra):
+        raise InputError(
+            f"The data's genes differ from the model's: missing {_some(missing)}, extra {_some(extra)}. "
+            "Subset and order the data to the model's genes, e.g. `adata[:, model_genes]`."
+        )
+    raise InputError("The data have the model's genes in another order; reorder them with `adata[:, model_genes]`.")

@@ -1,5 +1,5 @@
 """Data sets bundled with the package, read offline."""
 
-from ._pbmc3k import pbmc3k
+from ._bundled import pbmc3k, pbmc_cite
 
-__all__ = ["pbmc3k"]
+__all__ = ["pbmc3k", "pbmc_cite"]

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import pandas as pd
 import pyro
+import torch
 from anndata import AnnData
 from pyro.infer import TraceMeanField_ELBO
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
 from scvi.model.base import BaseModelClass, PyroSviTrainMixin, UnsupervisedTrainingMixin, VAEMixin
+from scvi.model.base._save_load import _load_saved_files
 from scvi.train import TrainingPlan
 
+from myvae._checks import check_same_genes
 from myvae.module import PyroVAEModule, TorchVAEModule
 
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
-from ._quiet import quiet_lightning
+from ._quiet import quiet_training_logs
 
 __all__ = ["BACKENDS", "MyVAE", "check_backend", "default_max_epochs"]
 
@@ -171,7 +178,7 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             "enable_progress_bar": progress,
             **trainer_kwargs,
         }
-        with quiet_lightning():
+        with quiet_training_logs():
             if self.backend == "pyro":
                 pyro.clear_param_store()
                 plan_kwargs.setdefault("loss_fn", TraceMeanField_ELBO())
@@ -179,3 +186,150 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             else:
                 plan_kwargs.setdefault("lr", lr)
                 UnsupervisedTrainingMixin.train(self, devices=devices, plan_kwargs=plan_kwargs, **common)
+
+    @classmethod
+    def saved_genes(cls, dir_path: str | Path, prefix: str | None = None) -> pd.Index:
+        """The genes, in order, of a model saved with :meth:`save` in ``dir_path``."""
+        return pd.Index(_load_saved_files(str(dir_path), load_adata=False, prefix=prefix)[1])
+
+    @classmethod
+    def load(cls, dir_path: str | Path, adata: AnnData | None = None, **kwargs) -> MyVAE:
+        """Load a model saved with :meth:`save`, refusing data whose genes differ from the model's.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            Data to attach, with the model's genes in the model's order; ``None`` uses the AnnData saved with the
+            model.
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``, ``prefix``, …).
+        """
+        if adata is not None:
+            check_same_genes(cls.saved_genes(dir_path, kwargs.get("prefix")), adata.var_names)
+        return super().load(str(dir_path), adata=adata, **kwargs)
+
+    def _minibatches(self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int | None):
+        if adata is not None:
+            check_same_genes(self.adata.var_names, adata.var_names)
+        adata = self._validate_anndata(adata)
+        return self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+
+    def _per_cell(self, compute, adata, indices, batch_size) -> np.ndarray:
+        self.module.eval()
+        with torch.inference_mode():
+            parts = [compute(tensors).cpu().numpy() for tensors in self._minibatches(adata, indices, batch_size)]
+        return np.concatenate(parts, axis=0)
+
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        library_size: float = 1e4,
+        n_samples: int = 25,
+        batch_size: int | None = None,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        r"""Denoised, normalised expression: the posterior mean of :math:`\rho`, scaled to ``library_size``.
+
+        Parameters
+        ----------
+        adata
+            Cells with the model's genes; ``None`` uses the training data.
+        indices
+            Cells to use; ``None`` uses all.
+        library_size
+            Counts per cell that each row sums to.
+        n_samples
+            Draws of :math:`z \sim q(z \mid x)` averaged per cell.
+        batch_size
+            Cells per minibatch; ``None`` uses scvi-tools' default.
+        return_numpy
+            Return an array instead of a :class:`~pandas.DataFrame` indexed by cells and genes.
+
+        Returns
+        -------
+        Cells × genes, ``float32``, every row summing to ``library_size``.
+        """
+        expression = library_size * self._per_cell(
+            lambda tensors: self.module.normalized_expression(tensors, n_samples=n_samples), adata, indices, batch_size
+        )
+        if return_numpy:
+            return expression
+        cells = self._validate_anndata(adata).obs_names
+        cells = cells if indices is None else cells[indices]
+        return pd.DataFrame(expression, index=cells, columns=self.adata.var_names)
+
+    def posterior_predictive_sample(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        r"""Counts drawn from the posterior predictive: :math:`z \sim q(z \mid x)`, then :math:`x' \sim p(x \mid z, l)`.
+
+        Parameters
+        ----------
+        adata
+            Cells with the model's genes; ``None`` uses the training data.
+        indices
+            Cells to use; ``None`` uses all.
+        n_samples
+            Draws per cell.
+        batch_size
+            Cells per minibatch; ``None`` uses scvi-tools' default.
+
+        Returns
+        -------
+        Integer-valued counts, cells × genes, or cells × genes × ``n_samples`` when ``n_samples > 1``.
+        """
+        return self._per_cell(
+            lambda tensors: self.module.sample(tensors, n_samples=n_samples), adata, indices, batch_size
+        )
+
+    def get_elbo(
+        self, adata: AnnData | None = None, indices: Sequence[int] | None = None, *, batch_size: int | None = None
+    ) -> float:
+        """The ELBO per cell on the given cells (higher is better; scvi-tools' ``get_elbo`` returns its negative).
+
+        Parameters
+        ----------
+        adata
+            Cells with the model's genes; ``None`` uses the training data.
+        indices
+            Cells to use; ``None`` uses all.
+        batch_size
+            Cells per minibatch; ``None`` uses scvi-tools' default.
+        """
+        terms = self._per_cell(
+            lambda tensors: sum(self.module.negative_elbo_terms(tensors)), adata, indices, batch_size
+        )
+        return -float(np.mean(terms))
+
+    def get_reconstruction_error(
+        self, adata: AnnData | None = None, indices: Sequence[int] | None = None, *, batch_size: int | None = None
+    ) -> dict[str, float]:
+        r"""The reconstruction error :math:`-\mathbb E_q[\log p(x \mid z)]` per cell (lower is better).
+
+        Parameters
+        ----------
+        adata
+            Cells with the model's genes; ``None`` uses the training data.
+        indices
+            Cells to use; ``None`` uses all.
+        batch_size
+            Cells per minibatch; ``None`` uses scvi-tools' default.
+
+        Returns
+        -------
+        ``{"reconstruction_loss": value}``, as scvi-tools returns it.
+        """
+
+        def reconstruction_loss(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.module.negative_elbo_terms(tensors)[0]
+
+        return {"reconstruction_loss": float(np.mean(self._per_cell(reconstruction_loss, adata, indices, batch_size)))}

@@ -1,4 +1,4 @@
-"""Keep Lightning's start-up chatter out of a notebook while leaving real warnings visible."""
+"""Keep Lightning's and scvi-tools' routine chatter out of a notebook while leaving real warnings visible."""
 
 from __future__ import annotations
 
@@ -7,19 +7,27 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["quiet_lightning"]
+__all__ = ["quiet_training_logs"]
 
-_CHATTY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+_CHATTY_LOGGERS = (
+    "lightning.pytorch",
+    "lightning.fabric",
+    "pytorch_lightning",
+    "lightning_fabric",
+    "scvi.model.base._base_model",  # "Input AnnData not setup with scvi-tools. attempting to transfer…"
+)
 _NOISE = (
     r"The number of training batches .* is smaller than the logging interval",
     r".*isinstance\(treespec, LeafSpec\).*",
     r".*does not have many workers which may be a bottleneck.*",
+    # scvi-tools warns for BatchNorm's sake; the networks here have no BatchNorm, so a one-cell batch is fine
+    r"Last batch will have a small size of 1 samples",
 )
 
 
 @contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's informational messages ("GPU available…", tips) and its known harmless warnings."""
+def quiet_training_logs() -> Iterator[None]:
+    """Silence informational messages ("GPU available…", tips, setup transfer) and known harmless warnings."""
     loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:

@@ -44,3 +44,38 @@ class SharedNetworksMixin:
         qz = self.networks.posterior(x)
         z = qz.rsample() if n_samples == 1 else qz.rsample((n_samples,))
         return {"qz": qz, "z": z, "library": observed_library(x)}
+
+    @torch.inference_mode()
+    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
+        r"""Posterior-predictive counts: draw :math:`z \sim q(z \mid x)`, then :math:`x' \sim p(x \mid z, l)`.
+
+        Parameters
+        ----------
+        tensors
+            A minibatch as scvi-tools' data loaders give it.
+        n_samples
+            Number of draws per cell.
+
+        Returns
+        -------
+        Counts of shape cells × genes (``n_samples == 1``) or cells × genes × ``n_samples``.
+        """
+        outputs = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
+        counts = self.networks.likelihood(outputs["z"], outputs["library"]).sample()
+        return counts if n_samples == 1 else counts.permute(1, 2, 0)
+
+    @torch.inference_mode()
+    def negative_elbo_terms(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-cell reconstruction loss and KL divergence of a minibatch, with one draw of :math:`z`."""
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        outputs = self.inference(x)
+        return self.networks.negative_elbo_terms(
+            x, outputs["qz"], self.networks.likelihood(outputs["z"], outputs["library"])
+        )
+
+    @torch.inference_mode()
+    def normalized_expression(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
+        r"""Posterior mean of the expression proportions :math:`\rho`, averaged over ``n_samples`` draws of z."""
+        outputs = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
+        rho = self.networks.log_rho(outputs["z"]).exp()
+        return rho if n_samples == 1 else rho.mean(dim=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from pyro.distributions import Normal
 from torch import nn
+from torch.distributions import kl_divergence
 
 from ._likelihood import NegativeBinomialMean
 
@@ -74,3 +75,11 @@ class VAENetworks(nn.Module):
     def prior(self, like: torch.Tensor) -> Normal:
         """The standard normal prior :math:`p(z)`, shaped like ``like``."""
         return Normal(torch.zeros_like(like), torch.ones_like(like))
+
+    def negative_elbo_terms(
+        self, x: torch.Tensor, qz: Normal, px: NegativeBinomialMean
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Per-cell reconstruction loss :math:`-\log p(x \mid z)` and analytic KL divergence to the prior."""
+        reconstruction_loss = -px.log_prob(x).sum(dim=-1)
+        kl_local = kl_divergence(qz, self.prior(qz.loc)).sum(dim=-1)
+        return reconstruction_loss, kl_local

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
-from torch.distributions import kl_divergence
 
 from ._base import SharedNetworksMixin
 
@@ -41,8 +40,8 @@ class TorchVAEModule(SharedNetworksMixin, BaseModuleClass):
 
     @auto_move_data
     def generative(self, z: torch.Tensor, library: torch.Tensor) -> dict[str, torch.distributions.Distribution]:
-        """The likelihood ``px`` of the counts given latent codes and library sizes, and the prior ``pz``."""
-        return {"px": self.networks.likelihood(z, library), "pz": self.networks.prior(z)}
+        """The likelihood ``px`` of the counts given latent codes and library sizes."""
+        return {"px": self.networks.likelihood(z, library)}
 
     def loss(
         self,
@@ -52,28 +51,8 @@ class TorchVAEModule(SharedNetworksMixin, BaseModuleClass):
         kl_weight: float = 1.0,
     ) -> LossOutput:
         """Negative ELBO per cell, with the per-cell reconstruction loss and KL divergence for logging."""
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        reconstruction_loss = -generative_outputs["px"].log_prob(x).sum(dim=-1)
-        kl_local = kl_divergence(inference_outputs["qz"], generative_outputs["pz"]).sum(dim=-1)
+        reconstruction_loss, kl_local = self.networks.negative_elbo_terms(
+            tensors[REGISTRY_KEYS.X_KEY], inference_outputs["qz"], generative_outputs["px"]
+        )
         loss = torch.mean(reconstruction_loss + kl_weight * kl_local)
         return LossOutput(loss=loss, reconstruction_loss=reconstruction_loss, kl_local=kl_local)
-
-    @torch.inference_mode()
-    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        r"""Posterior-predictive counts: draw :math:`z \sim q(z \mid x)`, then :math:`x' \sim p(x \mid z, l)`.
-
-        Parameters
-        ----------
-        tensors
-            A minibatch as scvi-tools' data loaders give it.
-        n_samples
-            Number of draws per cell.
-
-        Returns
-        -------
-        Counts of shape cells × genes (``n_samples == 1``) or cells × genes × ``n_samples``.
-        """
-        inference_outputs = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
-        generative_outputs = self.generative(**self._get_generative_input(tensors, inference_outputs))
-        counts = generative_outputs["px"].sample()
-        return counts if n_samples == 1 else counts.permute(1, 2, 0)

@@ -7,15 +7,24 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 from anndata import AnnData
 from matplotlib.axes import Axes
+from mudata import MuData
 
-from myvae._checks import InputError, check_anndata
+from myvae._checks import InputError
+from myvae._data import resolve_data
 
 __all__ = ["elbo"]
 
 _CURVES = {"elbo_train": "training cells", "elbo_validation": "held-out cells"}
 
 
-def elbo(adata: AnnData, key: str = "myvae", *, ax: Axes | None = None, show: bool | None = None) -> Axes | None:
+def elbo(
+    adata: AnnData | MuData,
+    key: str = "myvae",
+    *,
+    mod: str | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+) -> Axes | None:
     """Plot the ELBO per cell at each epoch, on the training and on the held-out cells.
 
     A held-out curve that flattens means training has converged; one that falls while the training curve still
@@ -24,9 +33,11 @@ def elbo(adata: AnnData, key: str = "myvae", *, ax: Axes | None = None, show: bo
     Parameters
     ----------
     adata
-        AnnData on which :func:`myvae.tl.myvae` ran.
+        AnnData (or MuData) on which :func:`myvae.tl.myvae` ran.
     key
         The ``key_added`` of that run.
+    mod
+        For a MuData: the modality the model was trained on.
     ax
         Axes to draw into; a new figure if ``None``.
     show
@@ -44,7 +55,7 @@ def elbo(adata: AnnData, key: str = "myvae", *, ax: Axes | None = None, show: bo
     >>> mv.tl.myvae(adata, max_epochs=3, progress=False)
     >>> ax = mv.pl.elbo(adata, show=False)
     """
-    adata = check_anndata(adata, "elbo")
+    adata, _ = resolve_data(adata, mod, "elbo")
     run = adata.uns.get(key)
     history = run.get("history") if isinstance(run, Mapping) else None
     if not history:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from anndata import AnnData
+from mudata import MuData
 
-from myvae._checks import check_anndata, check_counts, check_obs_key, get_counts_matrix
+from myvae._checks import check_counts, check_obs_key, get_counts_matrix
+from myvae._data import copy_data, resolve_data
 
 __all__ = ["SETUP_KEY", "counts_location", "read_setup", "setup_counts"]
 
@@ -45,12 +47,13 @@ def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> Non
 
 
 def setup_counts(
-    data: AnnData,
+    data: AnnData | MuData,
     layer: str | None = None,
     *,
+    mod: str | None = None,
     batch_key: str | None = None,
     copy: bool = False,
-) -> AnnData | None:
+) -> AnnData | MuData | None:
     """Check that a matrix holds raw counts and record it as the input of :func:`myvae.tl.myvae`.
 
     The checks run before anything is written: the counts must be finite, non-negative integers (stored as an
@@ -61,9 +64,11 @@ def setup_counts(
     Parameters
     ----------
     data
-        Annotated data matrix, cells × genes.
+        Annotated data matrix, cells × genes, or a MuData holding an RNA modality.
     layer
         Layer holding the raw counts; ``None`` uses ``adata.X``.
+    mod
+        For a MuData: the modality holding the RNA counts (e.g. ``"rna"``); the record goes into that modality.
     batch_key
         Column of ``adata.obs`` naming each cell's batch. It is recorded now; the model uses it from the release
         that adds batch correction.
@@ -72,13 +77,15 @@ def setup_counts(
 
     Returns
     -------
-    ``None``, or a set-up copy if ``copy=True``. Sets ``adata.uns["myvae_setup"]``: a dict with ``layer`` and
-    ``batch_key`` (each left out when not given).
+    ``None``, or a set-up copy (AnnData or MuData, as given) if ``copy=True``. Sets ``adata.uns["myvae_setup"]``
+    (for a MuData, ``mdata[mod].uns["myvae_setup"]``): a dict with ``layer`` and ``batch_key`` (each left out when
+    not given).
 
     Raises
     ------
     myvae.InputError
-        If the matrix does not hold raw counts, or ``layer`` or ``batch_key`` does not exist.
+        If the matrix does not hold raw counts, ``layer`` or ``batch_key`` does not exist, or ``mod`` is missing or
+        unknown for a MuData.
 
     Examples
     --------
@@ -88,10 +95,17 @@ def setup_counts(
     >>> mv.pp.setup_counts(adata, layer="counts")
     >>> adata.uns["myvae_setup"]
     {'layer': 'counts'}
+
+    For a MuData, name the RNA modality:
+
+    >>> mdata = mv.datasets.pbmc_cite()
+    >>> mv.pp.setup_counts(mdata, mod="rna")
     """
-    adata = check_anndata(data, "setup_counts")
+    adata, mdata = resolve_data(data, mod, "setup_counts")
     check_setup(adata, layer, batch_key)
     if copy:
-        adata = adata.copy()
+        adata, mdata = copy_data(adata, mdata, mod)
     adata.uns[SETUP_KEY] = _make_record(layer, batch_key)
-    return adata if copy else None
+    if copy:
+        return adata if mdata is None else mdata
+    return None

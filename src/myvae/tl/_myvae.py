@@ -1,30 +1,34 @@
-"""``tl.myvae``: train the simple scVI model and write its embedding into the AnnData."""
+"""``tl.myvae``: train the simple scVI model (or reuse a trained one) and write its embedding into the data."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 from importlib.metadata import version
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scvi
 from anndata import AnnData
+from mudata import MuData
 from scipy import sparse
 
 from myvae._checks import (
     MIN_CELLS,
     InputError,
-    check_anndata,
     check_key_added,
     check_positive_float,
     check_positive_int,
+    check_same_genes,
     get_counts_matrix,
 )
+from myvae._data import copy_data, resolve_data, write_aligned_obsm
 from myvae.model import MyVAE
 from myvae.model._myvae import Backend, check_backend, default_max_epochs
-from myvae.model._quiet import quiet_lightning
+from myvae.model._quiet import quiet_training_logs
 from myvae.pp._setup_counts import SETUP_KEY, check_setup, counts_location, read_setup
 
 __all__ = ["myvae"]
@@ -51,7 +55,7 @@ def _history_as_elbo(model: MyVAE) -> dict[str, np.ndarray]:
     return {
         key: -model.history[key].to_numpy(dtype=np.float64).ravel()
         for key in ("elbo_train", "elbo_validation")
-        if key in model.history
+        if model.history_ is not None and key in model.history_
     }
 
 
@@ -75,9 +79,24 @@ def _storable(value: Any) -> Any:
     return repr(value)
 
 
+def _reusable_model(model: MyVAE | str | PathLike, training_data: AnnData, accelerator: str) -> MyVAE:
+    """The model to embed ``training_data`` with: the object itself, or the model saved in that folder."""
+    if isinstance(model, MyVAE):
+        if not model.is_trained:
+            raise InputError("model= got an untrained MyVAE; train it first, or leave model= out to train here.")
+        return model
+    if not isinstance(model, str | PathLike) or not Path(model, "model.pt").is_file():
+        raise InputError(
+            f"model= takes a trained MyVAE or a folder written by `model.save(...)`; got {model!r}, which is neither."
+        )
+    with quiet_training_logs():
+        return MyVAE.load(model, adata=training_data, accelerator=accelerator)
+
+
 def myvae(
-    data: AnnData,
+    data: AnnData | MuData,
     *,
+    mod: str | None = None,
     backend: Backend = "torch",
     n_latent: int = 10,
     n_hidden: int = 128,
@@ -87,11 +106,14 @@ def myvae(
     random_state: int = 0,
     accelerator: str = "auto",
     key_added: str = "myvae",
+    layer_added: str | None = None,
+    library_size: float = 1e4,
+    model: MyVAE | str | PathLike | None = None,
     return_model: bool = False,
     progress: bool = True,
     copy: bool = False,
     **train_kwargs: Any,
-) -> AnnData | MyVAE | tuple[AnnData, MyVAE] | None:
+) -> AnnData | MuData | MyVAE | tuple[AnnData | MuData, MyVAE] | None:
     """Embed cells with the simple scVI model, a negative-binomial variational autoencoder of the counts.
 
     The model (:class:`myvae.model.MyVAE`) is trained on the counts recorded by :func:`myvae.pp.setup_counts`
@@ -103,7 +125,10 @@ def myvae(
     Parameters
     ----------
     data
-        Annotated data matrix of raw counts, cells × genes.
+        Annotated data matrix of raw counts, cells × genes, or a MuData holding an RNA modality.
+    mod
+        For a MuData: the modality holding the RNA counts (e.g. ``"rna"``). Results go into that modality and,
+        aligned to the MuData's cells (NaN rows for cells absent from the modality), into ``mdata.obsm``.
     backend
         ``"torch"`` (the ELBO written in PyTorch) or ``"pyro"`` (Pyro's SVI with its mean-field ELBO). Both fit
         the same model.
@@ -125,8 +150,17 @@ def myvae(
         Where to train: ``"auto"``, ``"cpu"``, ``"gpu"``, … (as in Lightning).
     key_added
         Name of the outputs: ``obsm[f"X_{key_added}"]`` and ``uns[key_added]``.
+    layer_added
+        If given, ``layers[layer_added]`` gets the denoised, normalised expression: the posterior mean of the
+        expression proportions ρ, scaled to ``library_size`` counts per cell.
+    library_size
+        Counts per cell of ``layer_added``.
+    model
+        A trained :class:`~myvae.model.MyVAE`, or the folder it was saved to: embed the cells with its encoder
+        instead of training. The data must have the model's genes in the model's order; the training arguments
+        (``backend``, ``n_latent``, ``max_epochs``, …) then come from the model and may not be passed.
     return_model
-        Also return the trained :class:`~myvae.model.MyVAE`.
+        Also return the trained (or reused) :class:`~myvae.model.MyVAE`.
     progress
         Show a progress bar while training.
     copy
@@ -141,19 +175,25 @@ def myvae(
 
     ``adata.obsm[f"X_{key_added}"]``
         Posterior mean of the latent code, ``float32``, cells × ``n_latent``.
+    ``adata.layers[layer_added]``
+        Only if ``layer_added`` is given: normalised expression, ``float32``, every row summing to ``library_size``.
     ``adata.uns[key_added]["params"]``
         Every argument that shaped the result (those of :meth:`~myvae.model.MyVAE.train` included, defaults
-        filled in), the number of epochs trained and the package versions.
+        filled in), the number of epochs trained, ``pretrained`` (whether the model was reused),
+        ``outputs`` (the keys written) and the package versions.
     ``adata.uns[key_added]["history"]``
         ``elbo_train`` and ``elbo_validation``: the ELBO per cell at each epoch, on the training and the
         held-out cells (higher is better).
     ``adata.uns["myvae_setup"]``
         The setup record, if the AnnData had none (counts in ``adata.X``).
+    ``mdata.obsm[f"X_{key_added}"]``
+        For a MuData: the embedding aligned to the MuData's cells.
 
     Raises
     ------
     myvae.InputError
-        If the data do not hold raw counts, have fewer than 10 cells, or an argument is out of range.
+        If the data do not hold raw counts, have fewer than 10 cells, lack the reused model's genes, or an argument
+        is out of range.
     ValueError
         If ``backend`` is unknown (the message lists the choices).
 
@@ -168,55 +208,100 @@ def myvae(
     >>> adata.obsm["X_myvae"].shape
     (500, 10)
     >>> sc.pp.neighbors(adata, use_rep="X_myvae")
+
+    A MuData, and reusing the trained model on new cells with the same genes:
+
+    >>> mdata = mv.datasets.pbmc_cite()
+    >>> model = mv.tl.myvae(mdata, mod="rna", max_epochs=3, progress=False, return_model=True)
+    >>> mdata.obsm["X_myvae"].shape
+    (400, 10)
+    >>> new_cells = mv.datasets.pbmc_cite()["rna"][:50].copy()
+    >>> mv.tl.myvae(new_cells, model=model, layer_added="denoised")
+    >>> new_cells.uns["myvae"]["params"]["pretrained"]
+    True
     """
     check_backend(backend)
-    adata = check_anndata(data, "myvae")
+    adata, mdata = resolve_data(data, mod, "myvae")
     check_positive_int(n_latent, "n_latent")
     check_positive_int(n_hidden, "n_hidden")
     check_positive_int(max_epochs, "max_epochs", allow_none=True)
     check_positive_int(batch_size, "batch_size")
     check_positive_float(lr, "lr")
+    check_positive_float(library_size, "library_size")
     check_key_added(key_added)
+    if layer_added is not None:
+        check_key_added(layer_added, "layer_added")
     setup = read_setup(adata)
     check_setup(adata, setup["layer"], setup["batch_key"])
-    if adata.n_obs < MIN_CELLS:
+    if model is not None and train_kwargs:
+        raise InputError(
+            f"Training arguments ({', '.join(train_kwargs)}) do nothing when model= reuses a trained model; "
+            "leave them out, or train a new model by leaving out model=."
+        )
+    if model is None and adata.n_obs < MIN_CELLS:
         raise InputError(
             f"The data have {adata.n_obs} cells; training needs at least {MIN_CELLS} "
             "(10% of the cells are kept aside to score the model). Pass more cells."
         )
+    if isinstance(model, MyVAE):
+        check_same_genes(model.adata.var_names, adata.var_names)
 
-    resolved_max_epochs = max_epochs if max_epochs is not None else default_max_epochs(adata.n_obs)
     training_data = _training_anndata(adata, setup["layer"])
-    with quiet_lightning():
+    with quiet_training_logs():
         scvi.settings.seed = random_state
-    MyVAE.setup_anndata(training_data)
-    model = MyVAE(training_data, n_latent=n_latent, n_hidden=n_hidden, backend=backend)
-    train_arguments = _resolved_train_arguments(
-        max_epochs=resolved_max_epochs, lr=lr, batch_size=batch_size, accelerator=accelerator, **train_kwargs
+    if model is None:
+        train_arguments = _resolved_train_arguments(
+            max_epochs=max_epochs or default_max_epochs(adata.n_obs),
+            lr=lr,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            **train_kwargs,
+        )
+        MyVAE.setup_anndata(training_data)
+        trained = MyVAE(training_data, n_latent=n_latent, n_hidden=n_hidden, backend=backend)
+        trained.train(**train_arguments, progress=progress)
+        params = {"backend": backend, "n_latent": n_latent, "n_hidden": n_hidden, **_storable(train_arguments)}
+    else:
+        trained = _reusable_model(model, training_data, accelerator)
+        params = {
+            "backend": trained.backend,
+            "n_latent": trained.n_latent,
+            "n_hidden": trained.n_hidden,
+            "model": str(model) if not isinstance(model, MyVAE) else "MyVAE object",
+        }
+
+    with quiet_training_logs():
+        embedding = trained.get_latent_representation(adata=training_data, give_mean=True).astype(np.float32)
+        layers = {}
+        if layer_added is not None:
+            layers[layer_added] = trained.get_normalized_expression(
+                training_data, library_size=library_size, return_numpy=True
+            ).astype(np.float32)
+    history = _history_as_elbo(trained)
+    obsm_key = f"X_{key_added}"
+    params.update(
+        {
+            "random_state": random_state,
+            "counts": counts_location(setup["layer"]),
+            "pretrained": model is not None,
+            "epochs_trained": len(history.get("elbo_train", ())),
+            "outputs": {"obsm": obsm_key, **({"layers": layer_added, "library_size": library_size} if layers else {})},
+            "versions": {package: version(package) for package in _VERSIONED_PACKAGES},
+        }
     )
-    model.train(**train_arguments, progress=progress)
-    embedding = model.get_latent_representation(give_mean=True).astype(np.float32)
-    history = _history_as_elbo(model)
-    params = {
-        "backend": backend,
-        "n_latent": n_latent,
-        "n_hidden": n_hidden,
-        "random_state": random_state,
-        "counts": counts_location(setup["layer"]),
-        **_storable(train_arguments),
-        "epochs_trained": len(history["elbo_train"]),
-        "versions": {package: version(package) for package in _VERSIONED_PACKAGES},
-    }
 
     if copy:
-        adata = adata.copy()
-    obsm_key = f"X_{key_added}"
+        adata, mdata = copy_data(adata, mdata, mod)
     if obsm_key in adata.obsm:
         logger.warning("Overwriting adata.obsm[%r] with the new myvae embedding.", obsm_key)
     adata.obsm[obsm_key] = embedding
+    adata.layers.update(layers)
     adata.uns[key_added] = {"params": params, "history": history}
     if SETUP_KEY not in adata.uns:
         adata.uns[SETUP_KEY] = {}
+    if mdata is not None:
+        write_aligned_obsm(mdata, adata, obsm_key, embedding)
+    result = adata if mdata is None else mdata
     if copy:
-        return (adata, model) if return_model else adata
-    return model if return_model else None
+        return (result, trained) if return_model else result
+    return trained if return_model else None

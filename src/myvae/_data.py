@@ -1,0 +1,62 @@
+"""AnnData or MuData: find the modality a call works on, and write results back into both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+from mudata import MuData
+
+from myvae._checks import InputError, check_anndata
+
+__all__ = ["copy_data", "resolve_data", "write_aligned_obsm"]
+
+
+def resolve_data(data: Any, mod: str | None, func: str) -> tuple[AnnData, MuData | None]:
+    """The AnnData a call works on, and the MuData it belongs to (``None`` for an AnnData).
+
+    Parameters
+    ----------
+    data
+        What the user passed: an AnnData, or a MuData with ``mod`` naming the RNA modality.
+    mod
+        Modality holding the RNA counts; only for a MuData.
+    func
+        Name of the public function, for the messages.
+    """
+    if isinstance(data, MuData):
+        modalities = ", ".join(repr(name) for name in data.mod) or "none"
+        if mod is None:
+            raise InputError(
+                f"{func} got a MuData; pass mod= naming the modality that holds the RNA counts, "
+                f"e.g. mod='rna' (modalities: {modalities})."
+            )
+        if mod not in data.mod:
+            raise InputError(f"mod={mod!r} is not a modality of the MuData (modalities: {modalities}).")
+        adata = check_anndata(data.mod[mod], func)
+        if not data.obs_names.is_unique:
+            raise InputError(
+                "The MuData's cell names are not unique, so results cannot be aligned to its cells; "
+                "make them unique first with `mdata.obs_names_make_unique()`."
+            )
+        return adata, data
+    if mod is not None:
+        raise InputError(f"mod={mod!r} applies to a MuData, but {func} got an AnnData; leave mod out.")
+    return check_anndata(data, func), None
+
+
+def copy_data(adata: AnnData, mdata: MuData | None, mod: str | None) -> tuple[AnnData, MuData | None]:
+    """Copies of the AnnData and of the MuData it belongs to, the copied AnnData being the copied modality."""
+    if mdata is None:
+        return adata.copy(), None
+    mdata = mdata.copy()
+    return mdata.mod[mod], mdata
+
+
+def write_aligned_obsm(mdata: MuData, adata: AnnData, key: str, values: np.ndarray) -> None:
+    """Write per-cell ``values`` of a modality into ``mdata.obsm[key]``, NaN for cells absent from the modality."""
+    rows = mdata.obs_names.get_indexer(adata.obs_names)
+    aligned = np.full((mdata.n_obs, *values.shape[1:]), np.nan, dtype=values.dtype)
+    aligned[rows] = values
+    mdata.obsm[key] = aligned
