@@ -1,4 +1,5 @@
 import numpy as np
+import pyro
 import pytest
 from helpers import fast_train_kwargs
 
@@ -13,6 +14,7 @@ def test_save_load_round_trip_reproduces_the_latent_space(small_adata, tmp_path,
     model.train(max_epochs=3, batch_size=32, progress=False, accelerator="cpu")
     latent = model.get_latent_representation()
     model.save(tmp_path / "model", save_anndata=False)
+    pyro.clear_param_store()  # everything the model needs is in the saved file, nothing in Pyro's global store
 
     loaded = mv.MyVAE.load(tmp_path / "model", adata=small_adata, accelerator="cpu")
     assert loaded.backend == backend and loaded.is_trained
