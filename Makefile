@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint docs tutorials clean
 
 $(BIN)/.myvae-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,doc]"
 	touch $@
 
 demo: $(BIN)/.myvae-installed
@@ -26,5 +26,15 @@ lint: $(BIN)/.myvae-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+docs: $(BIN)/.myvae-installed
+	rm -rf docs/_build docs/generated
+	$(BIN)/python -m sphinx -W --keep-going -n -b html docs docs/_build/html
+
+# Execute every tutorial with a few epochs (into a scratch folder: the committed outputs stay as they are).
+tutorials: $(BIN)/.myvae-installed
+	rm -rf .tutorials-run && mkdir -p .tutorials-run
+	MYVAE_TUTORIAL_MAX_EPOCHS=3 $(BIN)/jupyter nbconvert --to notebook --execute --output-dir .tutorials-run \
+		--ExecutePreprocessor.timeout=600 --ExecutePreprocessor.kernel_name=python3 tutorials/*.ipynb
+
 clean:
-	rm -rf $(VENV) myvae-demo .pytest_cache build dist
+	rm -rf $(VENV) myvae-demo .pytest_cache build dist docs/_build docs/generated .tutorials-run

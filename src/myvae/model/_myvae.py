@@ -140,7 +140,8 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         Parameters
         ----------
         max_epochs
-            Passes over the training cells; ``None`` picks :func:`default_max_epochs` of the number of cells.
+            Passes over the training cells; ``None`` picks a number from the data size (400 up to 20,000 cells,
+            fewer above, at least 20).
         lr
             Adam's learning rate.
         batch_size
@@ -189,17 +190,17 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
     @classmethod
     def saved_genes(cls, dir_path: str | Path, prefix: str | None = None) -> pd.Index:
-        """The genes, in order, of a model saved with :meth:`save` in ``dir_path``."""
+        """The genes, in order, of a model saved with :meth:`~scvi.model.base.BaseModelClass.save` in ``dir_path``."""
         return pd.Index(_load_saved_files(str(dir_path), load_adata=False, prefix=prefix)[1])
 
     @classmethod
     def load(cls, dir_path: str | Path, adata: AnnData | None = None, **kwargs) -> MyVAE:
-        """Load a model saved with :meth:`save`, refusing data whose genes differ from the model's.
+        """Load a saved model (:meth:`~scvi.model.base.BaseModelClass.save`), refusing data with other genes.
 
         Parameters
         ----------
         dir_path
-            Folder written by :meth:`save`.
+            Folder written by :meth:`~scvi.model.base.BaseModelClass.save`.
         adata
             Data to attach, with the model's genes in the model's order; ``None`` uses the AnnData saved with the
             model.

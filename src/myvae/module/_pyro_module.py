@@ -67,4 +67,4 @@ class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
             pyro.sample("z", self.networks.posterior(x).to_event(1))
 
     def on_load(self, model, **kwargs) -> None:
-        """Nothing to rebuild on load: every parameter lives in :attr:`networks`, restored from the state dict."""
+        """Nothing to rebuild on load: every parameter lives in ``networks``, restored from the state dict."""

@@ -116,7 +116,7 @@ def myvae(
 ) -> AnnData | MuData | MyVAE | tuple[AnnData | MuData, MyVAE] | None:
     """Embed cells with the simple scVI model, a negative-binomial variational autoencoder of the counts.
 
-    The model (:class:`myvae.model.MyVAE`) is trained on the counts recorded by :func:`myvae.pp.setup_counts`
+    The model (:class:`myvae.MyVAE`) is trained on the counts recorded by :func:`myvae.pp.setup_counts`
     (or, if the AnnData was not set up, on ``adata.X`` after the same checks), keeping 10% of the cells aside to
     score it. The embedding is the posterior mean of each cell's latent code. Everything is checked before
     training starts, and results are written only once training has finished: a failed call leaves ``data`` as
@@ -156,17 +156,17 @@ def myvae(
     library_size
         Counts per cell of ``layer_added``.
     model
-        A trained :class:`~myvae.model.MyVAE`, or the folder it was saved to: embed the cells with its encoder
+        A trained :class:`~myvae.MyVAE`, or the folder it was saved to: embed the cells with its encoder
         instead of training. The data must have the model's genes in the model's order; the training arguments
         (``backend``, ``n_latent``, ``max_epochs``, …) then come from the model and may not be passed.
     return_model
-        Also return the trained (or reused) :class:`~myvae.model.MyVAE`.
+        Also return the trained (or reused) :class:`~myvae.MyVAE`.
     progress
         Show a progress bar while training.
     copy
         Return a copy instead of writing to ``data``.
     **train_kwargs
-        Passed to :meth:`myvae.model.MyVAE.train`, e.g. ``early_stopping=False`` or ``train_size=0.8``.
+        Passed to :meth:`myvae.MyVAE.train`, e.g. ``early_stopping=False`` or ``train_size=0.8``.
 
     Returns
     -------
@@ -178,7 +178,7 @@ def myvae(
     ``adata.layers[layer_added]``
         Only if ``layer_added`` is given: normalised expression, ``float32``, every row summing to ``library_size``.
     ``adata.uns[key_added]["params"]``
-        Every argument that shaped the result (those of :meth:`~myvae.model.MyVAE.train` included, defaults
+        Every argument that shaped the result (those of :meth:`~myvae.MyVAE.train` included, defaults
         filled in), the number of epochs trained, ``pretrained`` (whether the model was reused),
         ``outputs`` (the keys written) and the package versions.
     ``adata.uns[key_added]["history"]``
