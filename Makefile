@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint docs tutorials clean
+.PHONY: demo test lint docs tutorials package clean
 
 $(BIN)/.myvae-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,7 @@ test: $(BIN)/.myvae-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.myvae-installed
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pre-commit run --all-files --show-diff-on-failure
 
 docs: $(BIN)/.myvae-installed
 	rm -rf docs/_build docs/generated
@@ -36,5 +35,18 @@ tutorials: $(BIN)/.myvae-installed
 	MYVAE_TUTORIAL_MAX_EPOCHS=3 $(BIN)/jupyter nbconvert --to notebook --execute --output-dir .tutorials-run \
 		--ExecutePreprocessor.timeout=600 --ExecutePreprocessor.kernel_name=python3 tutorials/*.ipynb
 
+# Build the sdist and wheel, check them, and install the wheel into a clean venv (torch pinned first).
+package: $(BIN)/.myvae-installed
+	rm -rf dist .package-venv
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	$(PYTHON) -m venv .package-venv
+	.package-venv/bin/python -m pip install --quiet --upgrade pip
+	.package-venv/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	.package-venv/bin/python -m pip install --quiet dist/*.whl
+	.package-venv/bin/python -m pip check
+	cd /tmp && $(CURDIR)/.package-venv/bin/python -c "import myvae as mv; assert mv.datasets.pbmc3k().n_obs == 2700; assert mv.datasets.pbmc_cite().n_obs == 400; print('wheel OK:', mv.__version__)"
+	.package-venv/bin/myvae --help > /dev/null
+
 clean:
-	rm -rf $(VENV) myvae-demo .pytest_cache build dist docs/_build docs/generated .tutorials-run
+	rm -rf $(VENV) myvae-demo .pytest_cache build dist docs/_build docs/generated .tutorials-run .package-venv

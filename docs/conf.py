@@ -44,7 +44,6 @@ bibtex_bibfiles = ["references.bib"]
 bibtex_reference_style = "author_year"
 
 templates_path = ["_templates"]
-html_static_path = ["_static"]
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
 html_theme = "sphinx_book_theme"
 html_title = project
