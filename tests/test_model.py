@@ -36,3 +36,30 @@ def test_returned_model_keeps_training_history(small_adata):
 @pytest.mark.parametrize(("n_obs", "expected"), [(80, 400), (2_700, 400), (20_000, 400), (100_000, 80), (10**7, 20)])
 def test_default_max_epochs_shrinks_with_data_size(n_obs, expected):
     assert default_max_epochs(n_obs) == expected
+
+
+class PoissonVAEModule(mv.module.TorchVAEModule):
+    """A variant with a Poisson likelihood, as the 'Inside the model' tutorial writes it."""
+
+    def likelihood(self, z, library):
+        import torch
+
+        return torch.distributions.Poisson(library * self.networks.log_rho(z).exp())
+
+
+def test_a_registered_variant_trains_through_the_same_api(small_adata, monkeypatch):
+    monkeypatch.setitem(mv.model.BACKENDS, "poisson-test", None)  # removed again after the test
+    mv.model.register_backend("poisson-test", PoissonVAEModule)
+    mv.tl.myvae(small_adata, backend="poisson-test", **fast_train_kwargs(max_epochs=3))
+    assert small_adata.uns["myvae"]["params"]["backend"] == "poisson-test"
+    assert np.isfinite(small_adata.obsm["X_myvae"]).all()
+    model = mv.tl.myvae(small_adata, backend="poisson-test", return_model=True, **fast_train_kwargs(max_epochs=2))
+    draws = model.posterior_predictive_sample()
+    assert np.array_equal(draws, np.round(draws))
+
+
+def test_register_backend_refuses_what_it_cannot_train():
+    with pytest.raises(ValueError, match="built-in backend 'torch' cannot be replaced"):
+        mv.model.register_backend("torch", PoissonVAEModule)
+    with pytest.raises(TypeError, match="not an scvi-tools module class"):
+        mv.model.register_backend("mine", dict)

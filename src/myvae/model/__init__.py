@@ -1,6 +1,6 @@
 """The model class, for users who want the scvi-tools interface (train, latent, save/load) directly."""
 
-from ._myvae import BACKENDS, MyVAE
+from ._myvae import BACKENDS, MyVAE, register_backend
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 
-__all__ = ["BACKENDS", "MyVAE", "ValidatedPyroTrainingPlan"]
+__all__ = ["BACKENDS", "MyVAE", "ValidatedPyroTrainingPlan", "register_backend"]

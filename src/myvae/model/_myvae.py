@@ -18,6 +18,7 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
 from scvi.model.base import BaseModelClass, PyroSviTrainMixin, UnsupervisedTrainingMixin, VAEMixin
 from scvi.model.base._save_load import _load_saved_files
+from scvi.module.base import BaseModuleClass, PyroBaseModuleClass
 from scvi.train import TrainingPlan
 
 from myvae._checks import check_same_genes
@@ -26,13 +27,49 @@ from myvae.module import PyroVAEModule, TorchVAEModule
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._quiet import quiet_training_logs
 
-__all__ = ["BACKENDS", "MyVAE", "check_backend", "default_max_epochs"]
+__all__ = ["BACKENDS", "MyVAE", "check_backend", "default_max_epochs", "register_backend"]
 
 logger = logging.getLogger(__name__)
 
 Backend = Literal["torch", "pyro"]
-BACKENDS: dict[str, type] = {"torch": TorchVAEModule, "pyro": PyroVAEModule}
-"""The inference backends and the module each one trains."""
+BACKENDS: dict[str, type[TorchVAEModule] | type[PyroVAEModule]] = {"torch": TorchVAEModule, "pyro": PyroVAEModule}
+"""The inference backends and the module each one trains (see :func:`register_backend`)."""
+
+
+def register_backend(name: str, module_cls: type) -> None:
+    """Make a module of your own trainable by name: ``mv.tl.myvae(adata, backend=name)``.
+
+    The module is built as ``module_cls(n_genes, n_latent=..., n_hidden=...)``. A subclass of
+    :class:`scvi.module.base.PyroBaseModuleClass` (e.g. of :class:`~myvae.module.PyroVAEModule`) is trained with
+    Pyro's SVI, any other :class:`scvi.module.base.BaseModuleClass` (e.g. of :class:`~myvae.module.TorchVAEModule`)
+    with scvi-tools' training plan. A saved model of such a backend loads once the backend is registered again.
+
+    Parameters
+    ----------
+    name
+        The backend's name; the built-in ``"torch"`` and ``"pyro"`` cannot be replaced.
+    module_cls
+        The module class.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import myvae as mv
+    >>> class PoissonVAEModule(mv.module.TorchVAEModule):
+    ...     def likelihood(self, z, library):
+    ...         return torch.distributions.Poisson(library * self.networks.log_rho(z).exp())
+    >>> mv.model.register_backend("torch-poisson", PoissonVAEModule)
+    >>> "torch-poisson" in mv.model.BACKENDS
+    True
+    """
+    if name in ("torch", "pyro"):
+        raise ValueError(f"The built-in backend {name!r} cannot be replaced; register your module under another name.")
+    if not (isinstance(module_cls, type) and issubclass(module_cls, BaseModuleClass | PyroBaseModuleClass)):
+        raise TypeError(
+            f"{module_cls!r} is not an scvi-tools module class; subclass myvae.module.TorchVAEModule or "
+            "myvae.module.PyroVAEModule (or scvi-tools' BaseModuleClass / PyroBaseModuleClass)."
+        )
+    BACKENDS[name] = module_cls
 
 
 def check_backend(backend: str) -> None:
@@ -98,8 +135,12 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         self.init_params_ = self._get_init_params(locals())
 
     @property
+    def _uses_pyro(self) -> bool:
+        return isinstance(self.module, PyroBaseModuleClass)
+
+    @property
     def _training_plan_cls(self) -> type:
-        return ValidatedPyroTrainingPlan if self.backend == "pyro" else TrainingPlan
+        return ValidatedPyroTrainingPlan if self._uses_pyro else TrainingPlan
 
     @classmethod
     def setup_anndata(cls, adata: AnnData, layer: str | None = None, **kwargs) -> None:
@@ -180,7 +221,7 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
             **trainer_kwargs,
         }
         with quiet_training_logs():
-            if self.backend == "pyro":
+            if self._uses_pyro:
                 pyro.clear_param_store()
                 plan_kwargs.setdefault("loss_fn", TraceMeanField_ELBO())
                 PyroSviTrainMixin.train(self, lr=lr, device=devices, plan_kwargs=plan_kwargs, **common)

@@ -27,6 +27,15 @@ class SharedNetworksMixin:
         super().__init__()
         self.networks = VAENetworks(n_input, n_latent=n_latent, n_hidden=n_hidden)
 
+    def likelihood(self, z: torch.Tensor, library: torch.Tensor) -> torch.distributions.Distribution:
+        r"""The observation model :math:`p(x \mid z, l)`; override it to write a variant of the model.
+
+        The default is :meth:`~myvae.module.VAENetworks.likelihood`, the negative binomial. Every use of the
+        likelihood — the loss, Pyro's ``model``, posterior-predictive samples, :meth:`~myvae.MyVAE.get_elbo` — goes
+        through here.
+        """
+        return self.networks.likelihood(z, library)
+
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"x": tensors[REGISTRY_KEYS.X_KEY]}
 
@@ -61,7 +70,7 @@ class SharedNetworksMixin:
         Counts of shape cells × genes (``n_samples == 1``) or cells × genes × ``n_samples``.
         """
         outputs = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
-        counts = self.networks.likelihood(outputs["z"], outputs["library"]).sample()
+        counts = self.likelihood(outputs["z"], outputs["library"]).sample()
         return counts if n_samples == 1 else counts.permute(1, 2, 0)
 
     @torch.inference_mode()
@@ -69,9 +78,7 @@ class SharedNetworksMixin:
         """Per-cell reconstruction loss and KL divergence of a minibatch, with one draw of :math:`z`."""
         x = tensors[REGISTRY_KEYS.X_KEY]
         outputs = self.inference(x)
-        return self.networks.negative_elbo_terms(
-            x, outputs["qz"], self.networks.likelihood(outputs["z"], outputs["library"])
-        )
+        return self.networks.negative_elbo_terms(x, outputs["qz"], self.likelihood(outputs["z"], outputs["library"]))
 
     @torch.inference_mode()
     def normalized_expression(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:

@@ -59,7 +59,7 @@ class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
             prior = self.networks.prior(torch.zeros(n_cells, self.networks.n_latent, device=x.device))
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", prior.to_event(1))
-            pyro.sample("x", self.networks.likelihood(z, library).to_event(1), obs=x)
+            pyro.sample("x", self.likelihood(z, library).to_event(1), obs=x)
 
     def _guide(self, x: torch.Tensor, library: torch.Tensor, kl_weight: float = 1.0) -> None:
         pyro.module("myvae_networks", self.networks)

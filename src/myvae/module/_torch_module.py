@@ -41,7 +41,7 @@ class TorchVAEModule(SharedNetworksMixin, BaseModuleClass):
     @auto_move_data
     def generative(self, z: torch.Tensor, library: torch.Tensor) -> dict[str, torch.distributions.Distribution]:
         """The likelihood ``px`` of the counts given latent codes and library sizes."""
-        return {"px": self.networks.likelihood(z, library)}
+        return {"px": self.likelihood(z, library)}
 
     def loss(
         self,

@@ -27,7 +27,7 @@ from myvae._checks import (
 )
 from myvae._data import copy_data, resolve_data, write_aligned_obsm
 from myvae.model import MyVAE
-from myvae.model._myvae import Backend, check_backend, default_max_epochs
+from myvae.model._myvae import check_backend, default_max_epochs
 from myvae.model._quiet import quiet_training_logs
 from myvae.pp._setup_counts import SETUP_KEY, check_setup, counts_location, read_setup
 
@@ -97,7 +97,7 @@ def myvae(
     data: AnnData | MuData,
     *,
     mod: str | None = None,
-    backend: Backend = "torch",
+    backend: str = "torch",
     n_latent: int = 10,
     n_hidden: int = 128,
     max_epochs: int | None = None,
@@ -131,7 +131,8 @@ def myvae(
         aligned to the MuData's cells (NaN rows for cells absent from the modality), into ``mdata.obsm``.
     backend
         ``"torch"`` (the ELBO written in PyTorch) or ``"pyro"`` (Pyro's SVI with its mean-field ELBO). Both fit
-        the same model.
+        the same model. A module of your own registered with :func:`myvae.model.register_backend` trains by its
+        name too.
     n_latent
         Dimension of the embedding.
     n_hidden
