@@ -2,5 +2,6 @@
 
 from ._myvae import BACKENDS, MyVAE, register_backend
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
+from ._training_plan import LeanTrainingPlan
 
-__all__ = ["BACKENDS", "MyVAE", "ValidatedPyroTrainingPlan", "register_backend"]
+__all__ = ["BACKENDS", "LeanTrainingPlan", "MyVAE", "ValidatedPyroTrainingPlan", "register_backend"]

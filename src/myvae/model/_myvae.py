@@ -10,28 +10,33 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import pyro
+import scvi
 import torch
 from anndata import AnnData
 from pyro.infer import TraceMeanField_ELBO
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
-from scvi.model.base import BaseModelClass, PyroSviTrainMixin, UnsupervisedTrainingMixin, VAEMixin
+from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.model.base._save_load import _load_saved_files
 from scvi.module.base import BaseModuleClass, PyroBaseModuleClass
-from scvi.train import TrainingPlan
+from scvi.train import TrainRunner
 
 from myvae._checks import check_same_genes
 from myvae.module import PyroVAEModule, TorchVAEModule
 
+from ._datamodule import CountsDataModule
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._quiet import quiet_training_logs
+from ._training_plan import LeanTrainingPlan
 
-__all__ = ["BACKENDS", "MyVAE", "check_backend", "default_max_epochs", "register_backend"]
+__all__ = ["BACKENDS", "DEFAULT_BATCH_SIZE", "MyVAE", "check_backend", "default_max_epochs", "register_backend"]
 
 logger = logging.getLogger(__name__)
 
 Backend = Literal["torch", "pyro"]
+DEFAULT_BATCH_SIZE = 128
+"""Cells per minibatch unless told otherwise."""
 BACKENDS: dict[str, type[TorchVAEModule] | type[PyroVAEModule]] = {"torch": TorchVAEModule, "pyro": PyroVAEModule}
 """The inference backends and the module each one trains (see :func:`register_backend`)."""
 
@@ -87,7 +92,7 @@ def default_max_epochs(n_obs: int) -> int:
     return min(400, max(20, round(8_000_000 / max(n_obs, 1))))
 
 
-class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class MyVAE(VAEMixin, BaseModelClass):
     """The simple scVI model, trained with the PyTorch or the Pyro backend.
 
     This is the advanced interface; :func:`myvae.tl.myvae` wraps it in one call. Both backends share the networks
@@ -118,6 +123,7 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """
 
     _module_cls = TorchVAEModule
+    _train_runner_cls = TrainRunner
 
     def __init__(
         self, adata: AnnData | None = None, n_latent: int = 10, n_hidden: int = 128, backend: Backend = "torch"
@@ -140,7 +146,7 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
     @property
     def _training_plan_cls(self) -> type:
-        return ValidatedPyroTrainingPlan if self._uses_pyro else TrainingPlan
+        return ValidatedPyroTrainingPlan if self._uses_pyro else LeanTrainingPlan
 
     @classmethod
     def setup_anndata(cls, adata: AnnData, layer: str | None = None, **kwargs) -> None:
@@ -166,7 +172,7 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         max_epochs: int | None = None,
         *,
         lr: float = 1e-3,
-        batch_size: int = 128,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         train_size: float = 0.9,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
@@ -201,33 +207,43 @@ class MyVAE(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         progress
             Show a progress bar.
         plan_kwargs
-            Passed to the training plan (:class:`~scvi.train.TrainingPlan` for the PyTorch backend,
-            :class:`~scvi.train.PyroTrainingPlan` for the Pyro backend).
+            Passed to the training plan (:class:`~myvae.model.LeanTrainingPlan`, an scvi-tools
+            :class:`~scvi.train.TrainingPlan`, for a PyTorch module; :class:`~myvae.model.ValidatedPyroTrainingPlan`,
+            a :class:`~scvi.train.PyroTrainingPlan`, for a Pyro module).
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (Lightning).
         """
         if max_epochs is None:
             max_epochs = default_max_epochs(self.adata.n_obs)
+        datamodule = CountsDataModule(
+            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+            train_size=train_size,
+            batch_size=batch_size,
+            seed=scvi.settings.seed,
+        )
         plan_kwargs = {"n_epochs_kl_warmup": None, **(plan_kwargs or {})}
+        if self._uses_pyro:
+            plan_kwargs.setdefault("loss_fn", TraceMeanField_ELBO())
+            plan_kwargs.setdefault("optim_kwargs", {"lr": lr})
+        else:
+            plan_kwargs.setdefault("lr", lr)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        common = {
-            "max_epochs": max_epochs,
-            "accelerator": accelerator,
-            "train_size": train_size,
-            "batch_size": batch_size,
-            "early_stopping": early_stopping,
-            "early_stopping_patience": early_stopping_patience,
-            "enable_progress_bar": progress,
-            **trainer_kwargs,
-        }
         with quiet_training_logs():
             if self._uses_pyro:
                 pyro.clear_param_store()
-                plan_kwargs.setdefault("loss_fn", TraceMeanField_ELBO())
-                PyroSviTrainMixin.train(self, lr=lr, device=devices, plan_kwargs=plan_kwargs, **common)
-            else:
-                plan_kwargs.setdefault("lr", lr)
-                UnsupervisedTrainingMixin.train(self, devices=devices, plan_kwargs=plan_kwargs, **common)
+            runner = self._train_runner_cls(
+                self,
+                training_plan=self._training_plan_cls(self.module, **plan_kwargs),
+                data_splitter=datamodule,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                early_stopping=early_stopping,
+                early_stopping_patience=early_stopping_patience,
+                enable_progress_bar=progress,
+                **trainer_kwargs,
+            )
+            runner()
 
     @classmethod
     def saved_genes(cls, dir_path: str | Path, prefix: str | None = None) -> pd.Index:

@@ -27,7 +27,7 @@ from myvae._checks import (
 )
 from myvae._data import copy_data, resolve_data, write_aligned_obsm
 from myvae.model import MyVAE
-from myvae.model._myvae import check_backend, default_max_epochs
+from myvae.model._myvae import DEFAULT_BATCH_SIZE, check_backend, default_max_epochs
 from myvae.model._quiet import quiet_training_logs
 from myvae.pp._setup_counts import SETUP_KEY, check_setup, counts_location, read_setup
 
@@ -101,7 +101,7 @@ def myvae(
     n_latent: int = 10,
     n_hidden: int = 128,
     max_epochs: int | None = None,
-    batch_size: int = 128,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     lr: float = 1e-3,
     random_state: int = 0,
     accelerator: str = "auto",

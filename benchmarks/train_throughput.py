@@ -1,0 +1,338 @@
+"""Training throughput of myvae against scvi-tools, measured in one run on the same data.
+
+For each data set and method this trains for a fixed number of epochs in a fresh process and records training
+cells per second, the wall time to come within 1% of the method's own final held-out ELBO, that final held-out
+ELBO per cell (the same 10% of cells for every method) and the peak resident memory. It prints the ratios against
+scvi-tools' ``SCVI`` and against the reference path (myvae's PyTorch module trained through scvi-tools' default
+data path), the fraction of the matmul-only ceiling that the PyTorch backend reaches, and writes everything as
+JSON.
+
+    python benchmarks/train_throughput.py            # full run (about 20 minutes on 2 cores)
+    python benchmarks/train_throughput.py --quick    # PBMC 3k only, few epochs (under 2 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("myvae_torch", "myvae_pyro", "scvi_SCVI", "reference_path")
+N_LATENT, N_HIDDEN = 10, 128
+
+
+# ---------------------------------------------------------------- data ----------------------------------------------
+
+
+def _pbmc_hvg():
+    import scanpy as sc
+
+    import myvae as mv
+
+    adata = mv.datasets.pbmc3k()
+    sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat_v3", subset=True)
+    sc.pp.filter_cells(adata, min_counts=1)
+    return adata
+
+
+def _resampled(adata, n_cells: int, keep: float = 0.8, seed: int = 0):
+    """Draw cells with replacement and thin every count binomially, so the sparsity stays that of real data."""
+    import anndata as ad
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, adata.n_obs, size=n_cells)
+    counts = sparse.csr_matrix(adata.X[rows], dtype=np.float32)
+    counts.data = rng.binomial(counts.data.astype(np.int64), keep).astype(np.float32)
+    counts.eliminate_zeros()
+    resampled = ad.AnnData(counts, var=adata.var[[]].copy())
+    resampled.obs_names = [f"cell{i}" for i in range(n_cells)]
+    return resampled[np.asarray(counts.sum(axis=1)).ravel() > 0].copy()
+
+
+def _mouse_brain(data_dir: Path):
+    import anndata as ad
+
+    adata = ad.read_h5ad(data_dir / "mouse_brain_10k_subset.h5ad")
+    adata.obs_names_make_unique()
+    totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    return adata[totals > 0].copy()
+
+
+def prepare_datasets(quick: bool, data_dir: Path, folder: Path) -> dict[str, Path]:
+    """Write each benchmark data set to ``folder`` and return their paths."""
+    pbmc = _pbmc_hvg()
+    datasets = {"pbmc3k_hvg": pbmc}
+    if not quick:
+        if (data_dir / "mouse_brain_10k_subset.h5ad").exists():
+            datasets["mouse_brain_10k"] = _mouse_brain(data_dir)
+        datasets["pbmc_resampled_20k"] = _resampled(pbmc, 20_000)
+        datasets["pbmc_resampled_100k"] = _resampled(pbmc, 100_000)
+    paths = {}
+    for name, adata in datasets.items():
+        paths[name] = folder / f"{name}.h5ad"
+        adata.write_h5ad(paths[name])
+    return paths
+
+
+# ------------------------------------------------------------- one run (in a worker process) -----------------------
+
+
+def _epoch_clock():
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochClock(Callback):
+        """Wall time at the end of each validation epoch, measured from the start of training."""
+
+        def __init__(self):
+            self.times = []
+
+        def on_train_start(self, trainer, pl_module):
+            self.start = time.perf_counter()
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                self.times.append(time.perf_counter() - self.start)
+
+    return EpochClock()
+
+
+def _train(method: str, adata, max_epochs: int | None, batch_size: int | None, clock) -> object:
+    import scvi
+    from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
+
+    import myvae as mv
+
+    common = {"accelerator": "cpu", "callbacks": [clock], "check_val_every_n_epoch": 1, "enable_progress_bar": False}
+    if method.startswith("myvae"):
+        mv.MyVAE.setup_anndata(adata)
+        model = mv.MyVAE(adata, n_latent=N_LATENT, n_hidden=N_HIDDEN, backend=method.split("_")[1])
+        kwargs = {"early_stopping": max_epochs is None, "progress": False, "accelerator": "cpu", "callbacks": [clock]}
+        if batch_size:
+            kwargs["batch_size"] = batch_size
+        model.train(max_epochs, **kwargs)
+        return model
+    if method == "scvi_SCVI":
+        scvi.model.SCVI.setup_anndata(adata)
+        model = scvi.model.SCVI(adata, n_layers=1, n_hidden=N_HIDDEN, n_latent=N_LATENT)
+        model.train(max_epochs=max_epochs, train_size=0.9, batch_size=batch_size or 128, **common)
+        return model
+
+    class ReferencePath(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+        """myvae's PyTorch module through scvi-tools' default DataSplitter and TrainingPlan."""
+
+        _module_cls = mv.module.TorchVAEModule
+
+        def __init__(self, adata):
+            super().__init__(adata)
+            self.module = self._module_cls(self.summary_stats.n_vars, n_latent=N_LATENT, n_hidden=N_HIDDEN)
+            self.init_params_ = self._get_init_params(locals())
+
+        @classmethod
+        def setup_anndata(cls, adata):
+            mv.MyVAE.setup_anndata.__func__(cls, adata)
+
+    ReferencePath.setup_anndata(adata)
+    model = ReferencePath(adata)
+    model.train(
+        max_epochs=max_epochs or 400,
+        train_size=0.9,
+        batch_size=batch_size or 128,
+        plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": None},
+        **common,
+    )
+    return model
+
+
+def run_one(path: Path, method: str, max_epochs: int | None, batch_size: int | None) -> dict:
+    """Train one method on one data set; runs in its own process so that peak memory is its own."""
+    import anndata as ad
+    import scvi
+
+    adata = ad.read_h5ad(path)
+    scvi.settings.seed = 0
+    clock = _epoch_clock()
+    start = time.perf_counter()
+    model = _train(method, adata, max_epochs, batch_size, clock)
+    seconds = time.perf_counter() - start
+    heldout = -np.asarray(model.history["elbo_validation"], dtype=float).ravel()  # ELBO per cell, higher is better
+    epochs = len(heldout)
+    final = heldout[-1]
+    within = np.flatnonzero(heldout >= final - 0.01 * abs(final))[0]
+    n_train = int(np.ceil(0.9 * adata.n_obs))
+    return {
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "epochs": epochs,
+        "train_seconds": seconds,
+        "cells_per_second": n_train * epochs / clock.times[-1],
+        "seconds_to_within_1pct": clock.times[within],
+        "final_heldout_elbo_per_cell": float(final),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+# ---------------------------------------------------------------- matmul ceiling -----------------------------------
+
+
+def matmul_ceiling(n_genes: int, batch_size: int, repeats: int = 30) -> float:
+    """Cells/s of the model's matrix multiplications alone (forward and backward), the same sizes as the model."""
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.rand(batch_size, n_genes)
+    weights = [
+        torch.randn(n_genes, N_HIDDEN, requires_grad=True),  # mean encoder, first layer
+        torch.randn(N_HIDDEN, N_LATENT, requires_grad=True),
+        torch.randn(n_genes, N_HIDDEN, requires_grad=True),  # variance encoder, first layer
+        torch.randn(N_HIDDEN, N_LATENT, requires_grad=True),
+        torch.randn(N_LATENT, N_HIDDEN, requires_grad=True),  # decoder
+        torch.randn(N_HIDDEN, n_genes, requires_grad=True),
+    ]
+
+    def step():
+        mean = (x @ weights[0]) @ weights[1]
+        var = (x @ weights[2]) @ weights[3]
+        out = ((mean + var) @ weights[4]) @ weights[5]
+        out.sum().backward()
+
+    for _ in range(5):
+        step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return batch_size * repeats / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- driver -------------------------------------------
+
+
+def _worker(args) -> None:
+    result = run_one(Path(args.worker_data), args.worker_method, args.max_epochs, args.batch_size)
+    print("RESULT " + json.dumps(result))
+
+
+def _run_in_subprocess(path: Path, method: str, max_epochs: int | None, batch_size: int | None) -> dict:
+    command = [sys.executable, __file__, "--worker-data", str(path), "--worker-method", method]
+    if max_epochs is not None:
+        command += ["--max-epochs", str(max_epochs)]
+    if batch_size is not None:
+        command += ["--batch-size", str(batch_size)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    if completed.returncode or not lines:
+        raise RuntimeError(f"{method} on {path.name} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _epochs_for(n_cells: int, quick: bool) -> int:
+    if quick:
+        return 8
+    return 60 if n_cells <= 20_000 else 10 if n_cells <= 50_000 else 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="PBMC 3k only, few epochs (under two minutes)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--defaults", action="store_true", help="also run tl.myvae and SCVI with their defaults")
+    parser.add_argument("--max-epochs", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-data", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-method", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker_data:
+        _worker(args)
+        return 0
+
+    import torch
+
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+        },
+        "quick": args.quick,
+        "datasets": {},
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        paths = prepare_datasets(args.quick, args.data_dir, Path(folder))
+        for name, path in paths.items():
+            import anndata as ad
+
+            n_cells, n_genes = ad.read_h5ad(path, backed="r").shape
+            epochs = _epochs_for(n_cells, args.quick)
+            results = {method: _run_in_subprocess(path, method, epochs, None) for method in args.methods}
+            if args.defaults and name == "pbmc3k_hvg":
+                results["myvae_torch_defaults"] = _run_in_subprocess(path, "myvae_torch", None, None)
+                results["scvi_SCVI_defaults"] = _run_in_subprocess(path, "scvi_SCVI", None, None)
+            _add_ratios(results)
+            from myvae.model._myvae import DEFAULT_BATCH_SIZE
+
+            ceiling = matmul_ceiling(n_genes, DEFAULT_BATCH_SIZE)
+            entry = {"n_cells": n_cells, "n_genes": n_genes, "epochs": epochs, "results": results}
+            entry["matmul_ceiling_cells_per_second"] = ceiling
+            if "myvae_torch" in results:
+                entry["torch_fraction_of_matmul_ceiling"] = results["myvae_torch"]["cells_per_second"] / ceiling
+            report["datasets"][name] = entry
+            _print_dataset(name, entry)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def _add_ratios(results: dict) -> None:
+    for baseline, label in (("scvi_SCVI", "vs_scvi"), ("reference_path", "vs_reference")):
+        if baseline not in results:
+            continue
+        base = results[baseline]
+        for result in results.values():
+            result[f"speed_{label}"] = result["cells_per_second"] / base["cells_per_second"]
+            result[f"heldout_elbo_gap_{label}"] = (
+                result["final_heldout_elbo_per_cell"] - base["final_heldout_elbo_per_cell"]
+            ) / abs(base["final_heldout_elbo_per_cell"])
+    if "myvae_torch_defaults" in results and "scvi_SCVI_defaults" in results:
+        results["myvae_torch_defaults"]["time_to_1pct_vs_scvi_defaults"] = (
+            results["myvae_torch_defaults"]["seconds_to_within_1pct"]
+            / results["scvi_SCVI_defaults"]["seconds_to_within_1pct"]
+        )
+
+
+def _print_dataset(name: str, entry: dict) -> None:
+    print(f"\n{name}: {entry['n_cells']} cells × {entry['n_genes']} genes, {entry['epochs']} epochs")
+    header = (
+        f"{'method':<22}{'cells/s':>10}{'vs SCVI':>9}{'vs ref':>8}{'to 1% (s)':>11}{'held-out ELBO':>15}{'RSS MiB':>9}"
+    )
+    print(header)
+    for method, result in entry["results"].items():
+        print(
+            f"{method:<22}{result['cells_per_second']:>10.0f}{result.get('speed_vs_scvi', float('nan')):>9.2f}"
+            f"{result.get('speed_vs_reference', float('nan')):>8.2f}{result['seconds_to_within_1pct']:>11.1f}"
+            f"{result['final_heldout_elbo_per_cell']:>15.2f}{result['peak_rss_mib']:>9.0f}"
+        )
+    if "torch_fraction_of_matmul_ceiling" in entry:
+        print(
+            f"matmul-only ceiling: {entry['matmul_ceiling_cells_per_second']:.0f} cells/s; the torch backend reaches "
+            f"{entry['torch_fraction_of_matmul_ceiling']:.0%} of it"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
