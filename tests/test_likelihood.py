@@ -20,6 +20,34 @@ def test_log_prob_matches_scipy():
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
 
 
+def test_analytic_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    x = torch.poisson(torch.rand(7, 5, dtype=torch.float64) * 4)
+    log_mu = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    log_theta = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m, t: negative_binomial_log_prob(x, m, t), (log_mu, log_theta))
+
+
+def test_gradient_matches_autograd_of_the_textbook_formula():
+    torch.manual_seed(1)
+    x = torch.poisson(torch.rand(50, 40, dtype=torch.float64) * 2)
+    log_mu = torch.randn(50, 40, dtype=torch.float64, requires_grad=True)
+    log_theta = torch.randn(40, dtype=torch.float64, requires_grad=True)
+    theta = log_theta.exp()
+    log_theta_mu = torch.logaddexp(log_theta, log_mu)
+    textbook = (
+        torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1)
+        + theta * (log_theta - log_theta_mu)
+        + x * (log_mu - log_theta_mu)
+    )
+    expected = torch.autograd.grad(textbook.sum(), (log_mu, log_theta))
+    got = torch.autograd.grad(negative_binomial_log_prob(x, log_mu, log_theta).sum(), (log_mu, log_theta))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
+
+
 def test_distribution_log_prob_broadcasts_per_gene_theta():
     log_mu = torch.randn(4, 3, dtype=torch.float64)
     log_theta = torch.randn(3, dtype=torch.float64)

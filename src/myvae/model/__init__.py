@@ -1,7 +1,14 @@
 """The model class, for users who want the scvi-tools interface (train, latent, save/load) directly."""
 
-from ._myvae import BACKENDS, MyVAE, register_backend
+from ._myvae import BACKENDS, MyVAE, default_learning_rate, register_backend
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._training_plan import LeanTrainingPlan
 
-__all__ = ["BACKENDS", "LeanTrainingPlan", "MyVAE", "ValidatedPyroTrainingPlan", "register_backend"]
+__all__ = [
+    "BACKENDS",
+    "LeanTrainingPlan",
+    "MyVAE",
+    "ValidatedPyroTrainingPlan",
+    "default_learning_rate",
+    "register_backend",
+]

@@ -18,13 +18,15 @@ def negative_binomial_log_prob(x: torch.Tensor, log_mu: torch.Tensor, log_theta:
         \log p(x) = \log\Gamma(x + \theta) - \log\Gamma(\theta) - \log\Gamma(x + 1)
         + \theta \log\frac{\theta}{\theta + \mu} + x \log\frac{\mu}{\theta + \mu}
 
-    Everything is computed in log space: :math:`\log(\theta + \mu)` is a ``logaddexp`` of the two logs,
-    so neither a tiny mean nor a huge inverse dispersion loses precision.
+    Everything is computed in log space: :math:`\log(\theta + \mu)` is a ``logaddexp`` of the two logs, so neither
+    a tiny mean nor a huge inverse dispersion loses precision. Single-cell counts are mostly zeros, and at
+    :math:`x = 0` the three :math:`\log\Gamma` terms cancel, so they (and, in the gradient, their digamma
+    derivatives) are evaluated on the non-zero counts only; the gradient is written out analytically.
 
     Parameters
     ----------
     x
-        Observed counts.
+        Observed counts (no gradient flows to them).
     log_mu
         Log of the mean :math:`\mu > 0`, broadcastable against ``x``.
     log_theta
@@ -34,15 +36,56 @@ def negative_binomial_log_prob(x: torch.Tensor, log_mu: torch.Tensor, log_theta:
     -------
     The log-probabilities, with the broadcast shape of the inputs.
     """
-    theta = log_theta.exp()
-    log_theta_plus_mu = torch.logaddexp(log_theta, log_mu)
-    return (
-        torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(x + 1.0)
-        + theta * (log_theta - log_theta_plus_mu)
-        + x * (log_mu - log_theta_plus_mu)
-    )
+    return _NegativeBinomialLogProb.apply(x, log_mu, log_theta)
+
+
+def _log_gamma_terms(x_nz: torch.Tensor, theta_nz: torch.Tensor) -> torch.Tensor:
+    r"""The :math:`\log\Gamma` part of the log-probability at non-zero counts."""
+    return torch.lgamma(x_nz + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(x_nz + 1.0)
+
+
+class _NegativeBinomialLogProb(torch.autograd.Function):
+    r"""Forward and analytic backward of :func:`negative_binomial_log_prob`.
+
+    With :math:`u = \log\mu - \log\theta` and :math:`p = \mu / (\theta + \mu) = \sigma(u)`:
+    :math:`\log p = \log\sigma(u)`, :math:`\log(1 - p) = \log p - u`, the dense part of the
+    log-probability is :math:`\theta \log(1 - p) + x \log p`, its derivative in :math:`\log\mu` is
+    :math:`g = x - (x + \theta) p` and in :math:`\log\theta` it is :math:`\theta\log(1 - p) - g`, plus
+    :math:`\theta(\psi(x + \theta) - \psi(\theta))` at the non-zero counts.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
+        shape = torch.broadcast_shapes(x.shape, log_mu.shape, log_theta.shape)
+        x = x.expand(shape)
+        theta = log_theta.exp()
+        u = log_mu - log_theta
+        log_p = torch.nn.functional.logsigmoid(u)
+        theta_log_1mp = theta * (log_p - u)
+        out = torch.addcmul(theta_log_1mp, x, log_p)
+        where = torch.nonzero(x, as_tuple=True)
+        x_nz = x[where]
+        theta_full = theta.expand(shape)
+        theta_nz = theta_full[where]
+        out.index_put_(where, _log_gamma_terms(x_nz, theta_nz), accumulate=True)
+        ctx.save_for_backward(x, u, theta, theta_log_1mp, x_nz, theta_nz, *where)
+        ctx.shapes = (log_mu.shape, log_theta.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, torch.Tensor | None]:
+        x, u, theta, theta_log_1mp, x_nz, theta_nz, *where = ctx.saved_tensors
+        log_mu_shape, log_theta_shape = ctx.shapes
+        d_log_mu = x - (x + theta) * torch.sigmoid(u)
+        grad_log_mu = grad_log_theta = None
+        if ctx.needs_input_grad[1]:
+            grad_log_mu = (grad * d_log_mu).sum_to_size(log_mu_shape)
+        if ctx.needs_input_grad[2]:
+            d_log_theta = theta_log_1mp - d_log_mu
+            digamma_terms = theta_nz * (torch.digamma(x_nz + theta_nz) - torch.digamma(theta_nz))
+            d_log_theta.index_put_(tuple(where), digamma_terms, accumulate=True)
+            grad_log_theta = (grad * d_log_theta).sum_to_size(log_theta_shape)
+        return None, grad_log_mu, grad_log_theta
 
 
 class NegativeBinomialMean(TorchDistribution):

@@ -6,6 +6,7 @@ import torch
 from pyro.distributions import Normal
 from torch import nn
 from torch.distributions import kl_divergence
+from torch.nn import functional as F
 
 from ._likelihood import NegativeBinomialMean
 
@@ -60,9 +61,16 @@ class VAENetworks(nn.Module):
     def posterior(self, x: torch.Tensor) -> Normal:
         r"""The approximate posterior :math:`q(z \mid x)` of a minibatch of counts ``x`` (cells × genes)."""
         log_x = torch.log1p(x)
-        qz_m = self.z_mean_encoder(log_x)
-        qz_v = self.z_var_encoder(log_x).exp() + VARIANCE_FLOOR
-        return Normal(qz_m, qz_v.sqrt())
+        mean_input, mean_output = self.z_mean_encoder[0], self.z_mean_encoder[2]
+        var_input, var_output = self.z_var_encoder[0], self.z_var_encoder[2]
+        # the first layers of the two networks read the same input: one matrix product serves both
+        hidden = F.linear(
+            log_x, torch.cat([mean_input.weight, var_input.weight]), torch.cat([mean_input.bias, var_input.bias])
+        ).relu()
+        hidden_mean, hidden_var = hidden.split([mean_input.out_features, var_input.out_features], dim=-1)
+        qz_m = mean_output(hidden_mean)
+        qz_v = var_output(hidden_var).exp() + VARIANCE_FLOOR
+        return Normal(qz_m, qz_v.sqrt(), validate_args=False)
 
     def log_rho(self, z: torch.Tensor) -> torch.Tensor:
         r"""Log of the expression proportions :math:`\rho = \mathrm{softmax}(f(z))` over genes."""
@@ -70,11 +78,13 @@ class VAENetworks(nn.Module):
 
     def likelihood(self, z: torch.Tensor, library: torch.Tensor) -> NegativeBinomialMean:
         r"""The observation model :math:`p(x \mid z, l)` for latent codes ``z`` and observed library sizes ``l``."""
-        return NegativeBinomialMean(log_mu=torch.log(library) + self.log_rho(z), log_theta=self.log_theta)
+        return NegativeBinomialMean(
+            log_mu=torch.log(library) + self.log_rho(z), log_theta=self.log_theta, validate_args=False
+        )
 
     def prior(self, like: torch.Tensor) -> Normal:
         """The standard normal prior :math:`p(z)`, shaped like ``like``."""
-        return Normal(torch.zeros_like(like), torch.ones_like(like))
+        return Normal(torch.zeros_like(like), torch.ones_like(like), validate_args=False)
 
     def negative_elbo_terms(
         self, x: torch.Tensor, qz: Normal, px: NegativeBinomialMean
