@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint docs tutorials package clean
+.PHONY: demo test lint docs tutorials package bench clean
 
 $(BIN)/.myvae-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ package: $(BIN)/.myvae-installed
 	.package-venv/bin/python -m pip check
 	cd /tmp && $(CURDIR)/.package-venv/bin/python -c "import myvae as mv; assert mv.datasets.pbmc3k().n_obs == 2700; assert mv.datasets.pbmc_cite().n_obs == 400; print('wheel OK:', mv.__version__)"
 	.package-venv/bin/myvae --help > /dev/null
+
+# Training throughput against scvi-tools (about 20 minutes; BENCH_ARGS=--quick for under two).
+bench: $(BIN)/.myvae-installed
+	$(BIN)/python benchmarks/train_throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) myvae-demo .pytest_cache build dist docs/_build docs/generated .tutorials-run .package-venv

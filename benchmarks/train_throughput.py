@@ -7,7 +7,7 @@ scvi-tools' ``SCVI`` and against the reference path (myvae's PyTorch module trai
 data path), the fraction of the matmul-only ceiling that the PyTorch backend reaches, and writes everything as
 JSON.
 
-    python benchmarks/train_throughput.py            # full run (about 20 minutes on 2 cores)
+    python benchmarks/train_throughput.py            # full run (about 20 minutes on 2 cores; `make bench`)
     python benchmarks/train_throughput.py --quick    # PBMC 3k only, few epochs (under 2 minutes)
 """
 
@@ -238,7 +238,7 @@ def _run_in_subprocess(path: Path, method: str, max_epochs: int | None, batch_si
 def _epochs_for(n_cells: int, quick: bool) -> int:
     if quick:
         return 8
-    return 60 if n_cells <= 20_000 else 10 if n_cells <= 50_000 else 4
+    return 60 if n_cells <= 5_000 else 30 if n_cells <= 20_000 else 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--defaults", action="store_true", help="also run tl.myvae and SCVI with their defaults")
     parser.add_argument("--max-epochs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-data", help=argparse.SUPPRESS)
@@ -279,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             n_cells, n_genes = ad.read_h5ad(path, backed="r").shape
             epochs = _epochs_for(n_cells, args.quick)
             results = {method: _run_in_subprocess(path, method, epochs, None) for method in args.methods}
-            if args.defaults and name == "pbmc3k_hvg":
+            if not args.quick and name == "pbmc3k_hvg":  # each with its own defaults, early stopping included
                 results["myvae_torch_defaults"] = _run_in_subprocess(path, "myvae_torch", None, None)
                 results["scvi_SCVI_defaults"] = _run_in_subprocess(path, "scvi_SCVI", None, None)
             _add_ratios(results)

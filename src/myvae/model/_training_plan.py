@@ -48,6 +48,12 @@ class LeanTrainingPlan(TrainingPlan):
         self._train_totals = _EpochTotals()
         self._validation_totals = _EpochTotals()
 
+    def _optimizer_creator_fn(self, optimizer_cls: type[torch.optim.Optimizer]):
+        """scvi-tools' optimiser and settings, with the fused implementation (one pass per parameter per step)."""
+        return lambda params: optimizer_cls(
+            params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True
+        )
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Loss of one minibatch; its per-cell terms go into the epoch's totals."""
         _, _, output = self.forward(batch, loss_kwargs={"kl_weight": self.kl_weight})
