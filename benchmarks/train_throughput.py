@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             report["datasets"][name] = entry
             _print_dataset(name, entry)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     return 0
 

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import scvi
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import LayerField
+from scvi.dataloaders import DataSplitter
+
+from myvae.model._datamodule import CountsDataModule, split_indices
+
+
+@pytest.mark.parametrize("n_obs", [80, 97])
+def test_split_is_scvi_tools_split_for_the_same_seed(small_adata, n_obs):
+    adata = small_adata[:n_obs].copy()
+    scvi.settings.seed = 5
+    manager = AnnDataManager(fields=[LayerField(REGISTRY_KEYS.X_KEY, None)])
+    manager.register_fields(adata)
+    splitter = DataSplitter(manager, train_size=0.9, batch_size=16)
+    splitter.setup()
+    train, validation = split_indices(adata.n_obs, 0.9, seed=5)
+    np.testing.assert_array_equal(train, splitter.train_idx)
+    np.testing.assert_array_equal(validation, splitter.val_idx)
+
+
+@pytest.mark.parametrize("dense_bytes_limit", [10**9, 0], ids=["dense", "sparse"])
+def test_each_epoch_visits_every_training_cell_once(small_adata, dense_bytes_limit):
+    counts = small_adata.X
+    datamodule = CountsDataModule(counts, batch_size=16, seed=0, dense_bytes_limit=dense_bytes_limit)
+    assert (datamodule.n_train, datamodule.n_val) == (72, 8)
+    assert isinstance(datamodule.counts, torch.Tensor) == (dense_bytes_limit > 0)
+    dense = counts.toarray()
+    orders = []
+    for _ in range(2):
+        batches = [batch[REGISTRY_KEYS.X_KEY] for batch in datamodule.train_dataloader()]
+        assert [len(batch) for batch in batches] == [16, 16, 16, 16, 8]
+        seen = torch.cat(batches).numpy()
+        # every training row once, none of the validation rows
+        expected = dense[np.sort(datamodule.train_idx)]
+        np.testing.assert_array_equal(seen[np.lexsort(seen.T)], expected[np.lexsort(expected.T)])
+        orders.append(seen)
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
+    validation = torch.cat([batch[REGISTRY_KEYS.X_KEY] for batch in datamodule.val_dataloader()]).numpy()
+    np.testing.assert_array_equal(validation, dense[datamodule.val_idx])
+
+
+def test_training_uses_every_cell_when_train_size_is_one(small_adata):
+    datamodule = CountsDataModule(small_adata.X, train_size=1.0, batch_size=32)
+    assert datamodule.n_val == 0 and datamodule.val_dataloader() == []
