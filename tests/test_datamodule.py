@@ -47,3 +47,10 @@ def test_each_epoch_visits_every_training_cell_once(small_adata, dense_bytes_lim
 def test_training_uses_every_cell_when_train_size_is_one(small_adata):
     datamodule = CountsDataModule(small_adata.X, train_size=1.0, batch_size=32)
     assert datamodule.n_val == 0 and datamodule.val_dataloader() == []
+
+
+def test_unset_seed_draws_a_fresh_split(small_adata):
+    # scvi.settings.seed is None in a fresh session; the data module must then behave like scvi-tools' splitter
+    datamodule = CountsDataModule(small_adata.X, batch_size=16, seed=None)
+    assert (datamodule.n_train, datamodule.n_val) == (72, 8)
+    assert sum(len(batch[REGISTRY_KEYS.X_KEY]) for batch in datamodule.train_dataloader()) == 72

@@ -23,7 +23,7 @@ DENSE_BYTES_LIMIT = 4 * 2**30
 """Largest counts matrix (in bytes, as float32) held densely; larger ones stay sparse."""
 
 
-def split_indices(n_obs: int, train_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(n_obs: int, train_size: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Training and validation cells, drawn as scvi-tools' ``DataSplitter`` draws them for the same seed.
 
     Parameters
@@ -33,7 +33,7 @@ def split_indices(n_obs: int, train_size: float, seed: int) -> tuple[np.ndarray,
     train_size
         Fraction of cells to train on, in (0, 1].
     seed
-        Seed of the permutation (``scvi.settings.seed``).
+        Seed of the permutation (``scvi.settings.seed``); ``None`` draws a fresh one.
     """
     n_train = ceil(train_size * n_obs)
     permutation = np.random.RandomState(seed=seed).permutation(n_obs)
@@ -80,7 +80,8 @@ class CountsDataModule(pl.LightningDataModule):
     batch_size
         Cells per minibatch.
     seed
-        Seed of the split and of the shuffling.
+        Seed of the split and of the shuffling; ``None`` draws a fresh one (as scvi-tools does when
+        ``scvi.settings.seed`` is unset).
     dense_bytes_limit
         Hold the counts densely when they take at most this many bytes as float32.
     """
@@ -91,7 +92,7 @@ class CountsDataModule(pl.LightningDataModule):
         *,
         train_size: float = 0.9,
         batch_size: int = 128,
-        seed: int = 0,
+        seed: int | None = 0,
         dense_bytes_limit: int = DENSE_BYTES_LIMIT,
     ):
         super().__init__()
@@ -106,7 +107,11 @@ class CountsDataModule(pl.LightningDataModule):
             self.counts = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
         else:
             self.counts = sparse.csr_matrix(counts, dtype=np.float32)
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator()
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
 
     def train_dataloader(self) -> _Minibatches:
         """Shuffled minibatches of the training cells."""
