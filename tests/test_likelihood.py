@@ -3,7 +3,22 @@ import pytest
 import torch
 from scipy import stats
 
-from myvae.module import NegativeBinomialMean, negative_binomial_log_prob
+from myvae.module import (
+    NegativeBinomialMean,
+    NegativeBinomialSoftmax,
+    cell_log_likelihood,
+    negative_binomial_log_prob,
+    negative_binomial_softmax_log_prob,
+)
+
+
+def _softmax_inputs(n_cells: int, n_genes: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.poisson(torch.rand(n_cells, n_genes, dtype=torch.float64, generator=generator).pow(4) * 6)
+    x[:, 0] += 1  # no empty cell
+    logits = torch.randn(n_cells, n_genes, dtype=torch.float64, generator=generator, requires_grad=True)
+    log_theta = torch.randn(n_genes, dtype=torch.float64, generator=generator, requires_grad=True)
+    return x, logits, x.sum(-1, keepdim=True).log(), log_theta
 
 
 def test_log_prob_matches_scipy():
@@ -69,3 +84,37 @@ def test_samples_have_the_nb_mean_and_variance(mu, theta):
     assert draws.var().item() == pytest.approx(mu + mu**2 / theta, rel=0.06)
     assert dist.mean.item() == pytest.approx(mu, rel=1e-6)
     assert dist.variance.item() == pytest.approx(mu + mu**2 / theta, rel=1e-5)
+
+
+def test_per_cell_softmax_log_prob_equals_the_summed_elementwise_one():
+    x, logits, log_library, log_theta = _softmax_inputs(30, 25, seed=2)
+    elementwise = negative_binomial_log_prob(x, log_library + torch.log_softmax(logits, -1), log_theta).sum(-1)
+    weights = torch.linspace(0.5, 2.0, 30, dtype=torch.float64)  # a different upstream gradient per cell
+    expected = torch.autograd.grad((elementwise * weights).sum(), (logits, log_theta))
+    fused = negative_binomial_softmax_log_prob(x, logits, log_library, log_theta)
+    torch.testing.assert_close(fused, elementwise)
+    got = torch.autograd.grad((fused * weights).sum(), (logits, log_theta))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_per_cell_softmax_log_prob_gradient_matches_finite_differences():
+    x, logits, log_library, log_theta = _softmax_inputs(6, 5, seed=3)
+    assert torch.autograd.gradcheck(
+        lambda f, t: negative_binomial_softmax_log_prob(x, f, log_library, t), (logits, log_theta)
+    )
+
+
+def test_softmax_distribution_scores_cells_like_the_mean_parametrised_one():
+    x, logits, log_library, log_theta = _softmax_inputs(8, 6, seed=4)
+    px = NegativeBinomialSoftmax(logits, log_library, log_theta)
+    reference = NegativeBinomialMean(log_library + torch.log_softmax(logits, -1), log_theta)
+    torch.testing.assert_close(px.log_mu, reference.log_mu)
+    torch.testing.assert_close(px.log_prob(x), reference.log_prob(x))
+    torch.testing.assert_close(cell_log_likelihood(px, x), reference.log_prob(x).sum(-1))
+    torch.testing.assert_close(cell_log_likelihood(reference, x), reference.log_prob(x).sum(-1))
+    # with a leading sample dimension the per-cell score falls back to the elementwise sum
+    samples = NegativeBinomialSoftmax(logits.expand(3, 8, 6), log_library, log_theta)
+    torch.testing.assert_close(samples.to_event(1).log_prob(x), reference.log_prob(x).sum(-1).expand(3, 8))
+    assert samples.expand((3, 8, 6)).batch_shape == (3, 8, 6)
+    assert px.sample().shape == (8, 6)

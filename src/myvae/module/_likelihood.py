@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import torch
 from pyro.distributions import TorchDistribution
+from pyro.distributions.torch import Independent
 from torch.distributions import constraints
-from torch.distributions.utils import broadcast_all
+from torch.distributions.utils import broadcast_all, lazy_property
+from torch.nn import functional as F
 
-__all__ = ["NegativeBinomialMean", "negative_binomial_log_prob"]
+__all__ = [
+    "NegativeBinomialMean",
+    "NegativeBinomialSoftmax",
+    "negative_binomial_log_prob",
+    "negative_binomial_softmax_log_prob",
+]
 
 
 def negative_binomial_log_prob(x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
@@ -39,9 +46,42 @@ def negative_binomial_log_prob(x: torch.Tensor, log_mu: torch.Tensor, log_theta:
     return _NegativeBinomialLogProb.apply(x, log_mu, log_theta)
 
 
+def negative_binomial_softmax_log_prob(
+    x: torch.Tensor, logits: torch.Tensor, log_library: torch.Tensor, log_theta: torch.Tensor
+) -> torch.Tensor:
+    r"""Log-probability of each cell's counts, summed over genes, under the model's negative binomial.
+
+    The mean of gene :math:`g` in cell :math:`n` is :math:`\mu_{ng} = l_n \,\mathrm{softmax}(f_n)_g`. The result
+    equals ``negative_binomial_log_prob(x, log_library + log_softmax(logits), log_theta).sum(-1)``, but the softmax,
+    the likelihood and their gradients are computed together, in fewer passes over the cells × genes arrays: the
+    sums over genes are matrix-vector products, and the gradient in ``logits`` is formed directly.
+
+    Parameters
+    ----------
+    x
+        Observed counts, cells × genes (no gradient flows to them).
+    logits
+        Decoder outputs :math:`f_n`, cells × genes.
+    log_library
+        Log library sizes :math:`\log l_n`, cells × 1 (no gradient flows to them).
+    log_theta
+        Log inverse dispersion per gene.
+
+    Returns
+    -------
+    One log-probability per cell.
+    """
+    return _NegativeBinomialSoftmaxLogProb.apply(x, logits, log_library, log_theta)
+
+
 def _log_gamma_terms(x_nz: torch.Tensor, theta_nz: torch.Tensor) -> torch.Tensor:
     r"""The :math:`\log\Gamma` part of the log-probability at non-zero counts."""
     return torch.lgamma(x_nz + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(x_nz + 1.0)
+
+
+def _digamma_terms(x_nz: torch.Tensor, theta_nz: torch.Tensor) -> torch.Tensor:
+    r"""Derivative of :func:`_log_gamma_terms` in :math:`\log\theta`: :math:`\theta(\psi(x + \theta) - \psi(\theta))`."""
+    return theta_nz * (torch.digamma(x_nz + theta_nz) - torch.digamma(theta_nz))
 
 
 class _NegativeBinomialLogProb(torch.autograd.Function):
@@ -82,10 +122,52 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
             grad_log_mu = (grad * d_log_mu).sum_to_size(log_mu_shape)
         if ctx.needs_input_grad[2]:
             d_log_theta = theta_log_1mp - d_log_mu
-            digamma_terms = theta_nz * (torch.digamma(x_nz + theta_nz) - torch.digamma(theta_nz))
-            d_log_theta.index_put_(tuple(where), digamma_terms, accumulate=True)
+            d_log_theta.index_put_(tuple(where), _digamma_terms(x_nz, theta_nz), accumulate=True)
             grad_log_theta = (grad * d_log_theta).sum_to_size(log_theta_shape)
         return None, grad_log_mu, grad_log_theta
+
+
+class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
+    r"""Forward and analytic backward of :func:`negative_binomial_softmax_log_prob`.
+
+    With :math:`u = \log\mu - \log\theta` and :math:`p = \sigma(u)` as in :class:`_NegativeBinomialLogProb`,
+    a cell's log-probability is :math:`\sum_g \theta_g \log(1 - p_g) + \sum_g x_g \log p_g` plus the
+    :math:`\log\Gamma` terms at its non-zero counts. The gradient in :math:`\log\mu` is
+    :math:`g = x - (x + \theta) p`, so the gradient in the logits is :math:`g - \rho \sum_g g` with
+    :math:`\rho = \mathrm{softmax}(f)`.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, logits: torch.Tensor, log_library: torch.Tensor, log_theta: torch.Tensor
+    ) -> torch.Tensor:
+        log_normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
+        u = logits + (log_library - log_normaliser)
+        u.sub_(log_theta)
+        theta = log_theta.exp()
+        log_1mp = F.softplus(u).neg_()
+        log_p = u.add_(log_1mp)
+        out = torch.mv(log_1mp, theta).add_(torch.linalg.vecdot(x, log_p))
+        rows, cols = torch.nonzero(x, as_tuple=True)
+        x_nz, theta_nz = x[rows, cols], theta[cols]
+        out.index_add_(0, rows, _log_gamma_terms(x_nz, theta_nz))
+        ctx.save_for_backward(x, logits, log_normaliser, theta, log_1mp, log_p, rows, cols, x_nz, theta_nz)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, torch.Tensor | None]:
+        x, logits, log_normaliser, theta, log_1mp, log_p, rows, cols, x_nz, theta_nz = ctx.saved_tensors
+        # g = x - (x + theta) p, the gradient in log mu
+        d_log_mu = torch.addcmul(x, x + theta, log_p.exp(), value=-1.0)
+        grad_logits = grad_log_theta = None
+        if ctx.needs_input_grad[1]:
+            rho = (logits - log_normaliser).exp_()
+            grad_logits = torch.addcmul(d_log_mu, rho, d_log_mu.sum(dim=-1, keepdim=True), value=-1.0)
+            grad_logits.mul_(grad.unsqueeze(-1))
+        if ctx.needs_input_grad[3]:
+            grad_log_theta = theta * torch.mv(log_1mp.T, grad) - torch.mv(d_log_mu.T, grad)
+            grad_log_theta.index_add_(0, cols, _digamma_terms(x_nz, theta_nz) * grad[rows])
+        return None, grad_logits, None, grad_log_theta
 
 
 class NegativeBinomialMean(TorchDistribution):
@@ -148,3 +230,82 @@ class NegativeBinomialMean(TorchDistribution):
         rate = (self.log_theta - self.log_mu).exp().expand(shape)
         poisson_rate = torch.distributions.Gamma(concentration=theta, rate=rate).sample()
         return torch.poisson(poisson_rate)
+
+
+class NegativeBinomialSoftmax(NegativeBinomialMean):
+    r"""The model's observation model: a negative binomial with mean :math:`l_n \,\mathrm{softmax}(f_n)`.
+
+    A :class:`NegativeBinomialMean` whose log mean, :math:`\log l_n + \mathrm{log\_softmax}(f_n)`, is formed only
+    when it is asked for. Scored one cell at a time — :meth:`to_event` with the genes as the event, as both modules
+    do — it uses :func:`negative_binomial_softmax_log_prob`, which is faster than summing the elementwise
+    log-probabilities.
+
+    Parameters
+    ----------
+    logits
+        Decoder outputs :math:`f_n`, cells × genes.
+    log_library
+        Log library sizes :math:`\log l_n`, broadcastable against ``logits`` (cells × 1 in the model).
+    log_theta
+        Log inverse dispersion, broadcastable against ``logits`` (per gene in the model).
+    validate_args
+        Whether to validate arguments and observed values.
+    """
+
+    arg_constraints = {"logits": constraints.real, "log_library": constraints.real, "log_theta": constraints.real}
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        log_library: torch.Tensor,
+        log_theta: torch.Tensor,
+        validate_args: bool | None = None,
+    ):
+        self.logits, self.log_library, self.log_theta = logits, log_library, log_theta
+        batch_shape = torch.broadcast_shapes(logits.shape, log_library.shape, log_theta.shape)
+        TorchDistribution.__init__(self, batch_shape, validate_args=validate_args)
+
+    @lazy_property
+    def log_mu(self) -> torch.Tensor:
+        r"""The log mean :math:`\log l_n + \mathrm{log\_softmax}(f_n)`."""
+        return (self.log_library + torch.log_softmax(self.logits, dim=-1)).expand(self.batch_shape)
+
+    def expand(
+        self, batch_shape: torch.Size, _instance: NegativeBinomialSoftmax | None = None
+    ) -> NegativeBinomialSoftmax:
+        """Broadcast the parameters to a larger batch shape (used by Pyro's plates)."""
+        batch_shape = torch.Size(batch_shape)
+        new = self._get_checked_instance(NegativeBinomialSoftmax, _instance)
+        new.logits = self.logits.expand(batch_shape)
+        new.log_library = self.log_library.expand(batch_shape[:-1] + self.log_library.shape[-1:])
+        new.log_theta = self.log_theta.expand(batch_shape)
+        TorchDistribution.__init__(new, batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def to_event(self, reinterpreted_batch_ndims: int | None = None) -> Independent:
+        """Treat the rightmost batch dimensions as one event; with one (the genes), log-probabilities are per cell."""
+        if reinterpreted_batch_ndims == 1:
+            return _CellCounts(self, 1)
+        return super().to_event(reinterpreted_batch_ndims)
+
+    def cell_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-probability of each cell's counts (the last dimension summed)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        fused = (
+            value.dim() == 2
+            and value.shape == self.logits.shape
+            and self.log_library.shape == (value.shape[0], 1)
+            and self.log_theta.shape == value.shape[-1:]
+        )
+        if fused:
+            return negative_binomial_softmax_log_prob(value, self.logits, self.log_library, self.log_theta)
+        return self.log_prob(value).sum(dim=-1)
+
+
+class _CellCounts(Independent):
+    """The genes of a :class:`NegativeBinomialSoftmax` as one event, scored by its ``cell_log_prob``."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base_dist.cell_log_prob(value)

@@ -8,9 +8,9 @@ from torch import nn
 from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
-from ._likelihood import NegativeBinomialMean
+from ._likelihood import NegativeBinomialSoftmax
 
-__all__ = ["VAENetworks", "one_hidden_layer_mlp"]
+__all__ = ["VAENetworks", "cell_log_likelihood", "one_hidden_layer_mlp"]
 
 VARIANCE_FLOOR = 1e-4
 """Added to the encoder's variance so that a collapsed ``exp`` never yields a zero scale."""
@@ -29,6 +29,23 @@ def one_hidden_layer_mlp(n_input: int, n_output: int, n_hidden: int) -> nn.Seque
         Width of the hidden layer.
     """
     return nn.Sequential(nn.Linear(n_input, n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_output))
+
+
+def cell_log_likelihood(px: torch.distributions.Distribution, x: torch.Tensor) -> torch.Tensor:
+    r"""Log-likelihood of each cell's counts, :math:`\log p(x_n \mid z_n)`, with the genes as one event.
+
+    Parameters
+    ----------
+    px
+        The observation model: elementwise over cells × genes (as :meth:`VAENetworks.likelihood` and
+        ``torch.distributions.Poisson`` are), or with the genes already as its event.
+    x
+        Counts, cells × genes.
+    """
+    if px.event_shape:
+        return px.log_prob(x)
+    per_cell = px.to_event(1) if hasattr(px, "to_event") else torch.distributions.Independent(px, 1)
+    return per_cell.log_prob(x)
 
 
 class VAENetworks(nn.Module):
@@ -76,20 +93,18 @@ class VAENetworks(nn.Module):
         r"""Log of the expression proportions :math:`\rho = \mathrm{softmax}(f(z))` over genes."""
         return torch.log_softmax(self.decoder(z), dim=-1)
 
-    def likelihood(self, z: torch.Tensor, library: torch.Tensor) -> NegativeBinomialMean:
+    def likelihood(self, z: torch.Tensor, library: torch.Tensor) -> NegativeBinomialSoftmax:
         r"""The observation model :math:`p(x \mid z, l)` for latent codes ``z`` and observed library sizes ``l``."""
-        return NegativeBinomialMean(
-            log_mu=torch.log(library) + self.log_rho(z), log_theta=self.log_theta, validate_args=False
-        )
+        return NegativeBinomialSoftmax(self.decoder(z), torch.log(library), self.log_theta, validate_args=False)
 
     def prior(self, like: torch.Tensor) -> Normal:
         """The standard normal prior :math:`p(z)`, shaped like ``like``."""
         return Normal(torch.zeros_like(like), torch.ones_like(like), validate_args=False)
 
     def negative_elbo_terms(
-        self, x: torch.Tensor, qz: Normal, px: NegativeBinomialMean
+        self, x: torch.Tensor, qz: Normal, px: torch.distributions.Distribution
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Per-cell reconstruction loss :math:`-\log p(x \mid z)` and analytic KL divergence to the prior."""
-        reconstruction_loss = -px.log_prob(x).sum(dim=-1)
+        reconstruction_loss = -cell_log_likelihood(px, x)
         kl_local = kl_divergence(qz, self.prior(qz.loc)).sum(dim=-1)
         return reconstruction_loss, kl_local
