@@ -7,7 +7,7 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
 from scvi.dataloaders import DataSplitter
 
-from myvae.model._datamodule import CountsDataModule, split_indices
+from myvae.model._datamodule import CountsDataModule, CSRRows, split_indices
 
 
 @pytest.mark.parametrize("n_obs", [80, 97])
@@ -23,25 +23,32 @@ def test_split_is_scvi_tools_split_for_the_same_seed(small_adata, n_obs):
     np.testing.assert_array_equal(validation, splitter.val_idx)
 
 
-@pytest.mark.parametrize("dense_bytes_limit", [10**9, 0], ids=["dense", "sparse"])
-def test_each_epoch_visits_every_training_cell_once(small_adata, dense_bytes_limit):
-    counts = small_adata.X
-    datamodule = CountsDataModule(counts, batch_size=16, seed=0, dense_bytes_limit=dense_bytes_limit)
+@pytest.mark.parametrize("as_array", [False, True], ids=["sparse", "dense"])
+def test_each_epoch_visits_every_training_cell_once(small_adata, as_array):
+    counts = small_adata.X.toarray() if as_array else small_adata.X
+    datamodule = CountsDataModule(counts, batch_size=16, seed=0)
     assert (datamodule.n_train, datamodule.n_val) == (72, 8)
-    assert isinstance(datamodule.counts, torch.Tensor) == (dense_bytes_limit > 0)
-    dense = counts.toarray()
+    dense = small_adata.X.toarray()
     orders = []
     for _ in range(2):
         batches = [batch[REGISTRY_KEYS.X_KEY] for batch in datamodule.train_dataloader()]
         assert [len(batch) for batch in batches] == [16, 16, 16, 16, 8]
-        seen = torch.cat(batches).numpy()
+        assert all(batch.layout == torch.sparse_csr for batch in batches)
+        seen = torch.cat([batch.to_dense() for batch in batches]).numpy()
         # every training row once, none of the validation rows
         expected = dense[np.sort(datamodule.train_idx)]
         np.testing.assert_array_equal(seen[np.lexsort(seen.T)], expected[np.lexsort(expected.T)])
         orders.append(seen)
     assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
-    validation = torch.cat([batch[REGISTRY_KEYS.X_KEY] for batch in datamodule.val_dataloader()]).numpy()
+    validation = torch.cat([batch[REGISTRY_KEYS.X_KEY].to_dense() for batch in datamodule.val_dataloader()]).numpy()
     np.testing.assert_array_equal(validation, dense[datamodule.val_idx])
+
+
+def test_csr_rows_gathers_rows_in_the_order_asked(small_adata):
+    rows = CSRRows(small_adata.X)
+    wanted = torch.tensor([5, 0, 79, 5, 41])
+    np.testing.assert_array_equal(rows[wanted].to_dense().numpy(), small_adata.X[wanted.numpy()].toarray())
+    assert rows[torch.tensor([], dtype=torch.long)].shape == (0, small_adata.n_vars)
 
 
 def test_training_uses_every_cell_when_train_size_is_one(small_adata):

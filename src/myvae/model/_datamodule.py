@@ -1,13 +1,15 @@
-"""A Lightning data module that holds the counts once as a tensor and slices shuffled minibatches from it.
+"""A Lightning data module that holds the counts once, sparse, and slices shuffled minibatches from them.
 
-scvi-tools' default data path reads every minibatch out of the AnnData through a ``Dataset`` and a ``DataLoader``;
-for a model this small that per-batch work costs as much as the model itself. Here the counts are converted once
-(a dense tensor when it fits the memory budget, CSR rows densified per minibatch otherwise) and each epoch is a
-random permutation sliced into minibatches.
+scvi-tools' default data path reads every minibatch out of the AnnData through a ``Dataset`` and a ``DataLoader``
+and hands the model a dense tensor; for a model this small that per-batch work costs as much as the model itself.
+Here the counts are converted once into the arrays of a CSR matrix (torch tensors), each epoch is a random
+permutation of the cells, and each minibatch is a sparse CSR tensor gathered from those arrays: the model reads
+only its non-zero counts (:mod:`myvae.module._sparse`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from math import ceil
 
@@ -17,10 +19,7 @@ import torch
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
-__all__ = ["DENSE_BYTES_LIMIT", "CountsDataModule", "split_indices"]
-
-DENSE_BYTES_LIMIT = 4 * 2**30
-"""Largest counts matrix (in bytes, as float32) held densely; larger ones stay sparse."""
+__all__ = ["CountsDataModule", "CSRRows", "split_indices"]
 
 
 def split_indices(n_obs: int, train_size: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -41,10 +40,47 @@ def split_indices(n_obs: int, train_size: float, seed: int | None) -> tuple[np.n
     return permutation[n_val:], permutation[:n_val]
 
 
+class CSRRows:
+    """A counts matrix held as the arrays of a CSR matrix, from which any set of rows is gathered as a minibatch.
+
+    Parameters
+    ----------
+    counts
+        Cells × genes counts, a SciPy sparse matrix or a NumPy array.
+    """
+
+    def __init__(self, counts: sparse.spmatrix | np.ndarray):
+        csr = sparse.csr_matrix(counts, dtype=np.float32)
+        csr.eliminate_zeros()
+        self.shape = csr.shape
+        self.indptr = torch.from_numpy(csr.indptr.astype(np.int64))
+        self.indices = torch.from_numpy(csr.indices.astype(np.int64))
+        self.data = torch.from_numpy(csr.data)
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        """The given rows, in that order, as a sparse CSR tensor."""
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
+        crow_indices = torch.zeros(len(rows) + 1, dtype=torch.long)
+        torch.cumsum(lengths, 0, out=crow_indices[1:])
+        # position in `indices`/`data` of every entry of the minibatch, row after row
+        positions = torch.repeat_interleave(starts - crow_indices[:-1], lengths)
+        positions += torch.arange(len(positions))
+        with warnings.catch_warnings():  # torch warns once that sparse CSR support is in beta
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                crow_indices,
+                self.indices[positions],
+                self.data[positions],
+                (len(rows), self.shape[1]),
+                check_invariants=False,
+            )
+
+
 class _Minibatches:
     """One pass over ``indices`` in minibatches, shuffled anew at each pass when ``shuffle`` is set."""
 
-    def __init__(self, counts, indices: np.ndarray, batch_size: int, shuffle: bool, generator: torch.Generator):
+    def __init__(self, counts: CSRRows, indices: np.ndarray, batch_size: int, shuffle: bool, generator: torch.Generator):
         self.counts = counts
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.batch_size = batch_size
@@ -59,13 +95,7 @@ class _Minibatches:
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=self.generator)]
         for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            yield {REGISTRY_KEYS.X_KEY: self._rows(rows)}
-
-    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.counts, torch.Tensor):
-            return self.counts.index_select(0, rows)
-        return torch.from_numpy(self.counts[rows.numpy()].toarray())
+            yield {REGISTRY_KEYS.X_KEY: self.counts[order[start : start + self.batch_size]]}
 
 
 class CountsDataModule(pl.LightningDataModule):
@@ -82,8 +112,6 @@ class CountsDataModule(pl.LightningDataModule):
     seed
         Seed of the split and of the shuffling; ``None`` draws a fresh one (as scvi-tools does when
         ``scvi.settings.seed`` is unset).
-    dense_bytes_limit
-        Hold the counts densely when they take at most this many bytes as float32.
     """
 
     def __init__(
@@ -93,7 +121,6 @@ class CountsDataModule(pl.LightningDataModule):
         train_size: float = 0.9,
         batch_size: int = 128,
         seed: int | None = 0,
-        dense_bytes_limit: int = DENSE_BYTES_LIMIT,
     ):
         super().__init__()
         self.n_obs, self.n_vars = counts.shape
@@ -102,11 +129,7 @@ class CountsDataModule(pl.LightningDataModule):
         self.test_idx = np.array([], dtype=int)
         self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
         self.n_batch = 1
-        if self.n_obs * self.n_vars * 4 <= dense_bytes_limit:
-            dense = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
-            self.counts = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-        else:
-            self.counts = sparse.csr_matrix(counts, dtype=np.float32)
+        self.counts = CSRRows(counts)
         self._generator = torch.Generator()
         if seed is None:
             self._generator.seed()

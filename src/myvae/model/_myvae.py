@@ -25,6 +25,7 @@ from scvi.train import TrainRunner
 from myvae._checks import check_same_genes
 from myvae.module import PyroVAEModule, TorchVAEModule
 
+from ._allocator import reuse_freed_memory
 from ._datamodule import CountsDataModule
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._quiet import quiet_training_logs
@@ -252,7 +253,7 @@ class MyVAE(VAEMixin, BaseModelClass):
         else:
             plan_kwargs.setdefault("lr", lr)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        with quiet_training_logs():
+        with quiet_training_logs(), reuse_freed_memory():
             if self._uses_pyro:
                 pyro.clear_param_store()
             runner = self._train_runner_cls(

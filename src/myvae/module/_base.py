@@ -7,13 +7,14 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import auto_move_data
 
 from ._networks import VAENetworks
+from ._sparse import row_sums
 
 __all__ = ["SharedNetworksMixin", "observed_library"]
 
 
 def observed_library(x: torch.Tensor) -> torch.Tensor:
     """The observed library size :math:`l_n`, the total count of each cell, as a column (cells × 1)."""
-    return x.sum(dim=-1, keepdim=True)
+    return row_sums(x)
 
 
 class SharedNetworksMixin:

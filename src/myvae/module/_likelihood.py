@@ -9,6 +9,8 @@ from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 from torch.nn import functional as F
 
+from ._sparse import is_sparse_csr, nonzero_entries
+
 __all__ = [
     "NegativeBinomialMean",
     "NegativeBinomialSoftmax",
@@ -59,7 +61,7 @@ def negative_binomial_softmax_log_prob(
     Parameters
     ----------
     x
-        Observed counts, cells × genes (no gradient flows to them).
+        Observed counts, cells × genes, dense or a sparse CSR tensor (no gradient flows to them).
     logits
         Decoder outputs :math:`f_n`, cells × genes.
     log_library
@@ -74,14 +76,17 @@ def negative_binomial_softmax_log_prob(
     return _NegativeBinomialSoftmaxLogProb.apply(x, logits, log_library, log_theta)
 
 
-def _log_gamma_terms(x_nz: torch.Tensor, theta_nz: torch.Tensor) -> torch.Tensor:
-    r"""The :math:`\log\Gamma` part of the log-probability at non-zero counts."""
-    return torch.lgamma(x_nz + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(x_nz + 1.0)
+def _log_gamma_terms(x_nz: torch.Tensor, theta_nz: torch.Tensor, log_gamma_theta_nz: torch.Tensor) -> torch.Tensor:
+    r"""The :math:`\log\Gamma` part of the log-probability at non-zero counts, given :math:`\log\Gamma(\theta)` there.
+
+    With one :math:`\theta` per gene, :math:`\log\Gamma(\theta)` is computed once per gene and gathered.
+    """
+    return torch.lgamma(x_nz + theta_nz) - log_gamma_theta_nz - torch.lgamma(x_nz + 1.0)
 
 
-def _digamma_terms(x_nz: torch.Tensor, theta_nz: torch.Tensor) -> torch.Tensor:
+def _digamma_terms(x_nz: torch.Tensor, theta_nz: torch.Tensor, digamma_theta_nz: torch.Tensor) -> torch.Tensor:
     r"""Derivative of :func:`_log_gamma_terms` in :math:`\log\theta`: :math:`\theta(\psi(x + \theta) - \psi(\theta))`."""
-    return theta_nz * (torch.digamma(x_nz + theta_nz) - torch.digamma(theta_nz))
+    return theta_nz * (torch.digamma(x_nz + theta_nz) - digamma_theta_nz)
 
 
 class _NegativeBinomialLogProb(torch.autograd.Function):
@@ -107,7 +112,7 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
         x_nz = x[where]
         theta_full = theta.expand(shape)
         theta_nz = theta_full[where]
-        out.index_put_(where, _log_gamma_terms(x_nz, theta_nz), accumulate=True)
+        out.index_put_(where, _log_gamma_terms(x_nz, theta_nz, torch.lgamma(theta_nz)), accumulate=True)
         ctx.save_for_backward(x, u, theta, theta_log_1mp, x_nz, theta_nz, *where)
         ctx.shapes = (log_mu.shape, log_theta.shape)
         return out
@@ -122,7 +127,8 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
             grad_log_mu = (grad * d_log_mu).sum_to_size(log_mu_shape)
         if ctx.needs_input_grad[2]:
             d_log_theta = theta_log_1mp - d_log_mu
-            d_log_theta.index_put_(tuple(where), _digamma_terms(x_nz, theta_nz), accumulate=True)
+            digamma_terms = _digamma_terms(x_nz, theta_nz, torch.digamma(theta_nz))
+            d_log_theta.index_put_(tuple(where), digamma_terms, accumulate=True)
             grad_log_theta = (grad * d_log_theta).sum_to_size(log_theta_shape)
         return None, grad_log_mu, grad_log_theta
 
@@ -131,42 +137,45 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
     r"""Forward and analytic backward of :func:`negative_binomial_softmax_log_prob`.
 
     With :math:`u = \log\mu - \log\theta` and :math:`p = \sigma(u)` as in :class:`_NegativeBinomialLogProb`,
-    a cell's log-probability is :math:`\sum_g \theta_g \log(1 - p_g) + \sum_g x_g \log p_g` plus the
-    :math:`\log\Gamma` terms at its non-zero counts. The gradient in :math:`\log\mu` is
-    :math:`g = x - (x + \theta) p`, so the gradient in the logits is :math:`g - \rho \sum_g g` with
-    :math:`\rho = \mathrm{softmax}(f)`.
+    a cell's log-probability is :math:`\sum_g \theta_g \log(1 - p_g)` (a matrix-vector product) plus, at its
+    non-zero counts only, :math:`x_g \log p_g` and the :math:`\log\Gamma` terms. The gradient in
+    :math:`\log\mu` is :math:`g = x(1 - p) - \theta p`, so the gradient in the logits is
+    :math:`g - \rho \sum_g g` with :math:`\rho = \mathrm{softmax}(f)`. The counts are only read at their
+    non-zero entries, so they may come as a sparse CSR tensor.
     """
 
     @staticmethod
     def forward(
         ctx, x: torch.Tensor, logits: torch.Tensor, log_library: torch.Tensor, log_theta: torch.Tensor
     ) -> torch.Tensor:
-        log_normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
-        u = logits + (log_library - log_normaliser)
+        rows, cols, counts = nonzero_entries(x)
+        log_rho = torch.log_softmax(logits, dim=-1)
+        u = log_rho + log_library
         u.sub_(log_theta)
         theta = log_theta.exp()
         log_1mp = F.softplus(u).neg_()
         log_p = u.add_(log_1mp)
-        out = torch.mv(log_1mp, theta).add_(torch.linalg.vecdot(x, log_p))
-        rows, cols = torch.nonzero(x, as_tuple=True)
-        x_nz, theta_nz = x[rows, cols], theta[cols]
-        out.index_add_(0, rows, _log_gamma_terms(x_nz, theta_nz))
-        ctx.save_for_backward(x, logits, log_normaliser, theta, log_1mp, log_p, rows, cols, x_nz, theta_nz)
+        theta_nz = theta[cols]
+        at_counts = counts * log_p[rows, cols] + _log_gamma_terms(counts, theta_nz, torch.lgamma(theta)[cols])
+        out = torch.mv(log_1mp, theta).index_add_(0, rows, at_counts)
+        ctx.save_for_backward(log_rho, theta, log_1mp, log_p, rows, cols, counts, theta_nz)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, torch.Tensor | None]:
-        x, logits, log_normaliser, theta, log_1mp, log_p, rows, cols, x_nz, theta_nz = ctx.saved_tensors
-        # g = x - (x + theta) p, the gradient in log mu
-        d_log_mu = torch.addcmul(x, x + theta, log_p.exp(), value=-1.0)
+        log_rho, theta, log_1mp, log_p, rows, cols, counts, theta_nz = ctx.saved_tensors
+        p = log_p.exp()
+        p_nz = p[rows, cols]
+        d_log_mu = p.mul_(theta.neg())
+        d_log_mu.index_put_((rows, cols), counts * (1.0 - p_nz), accumulate=True)
         grad_logits = grad_log_theta = None
         if ctx.needs_input_grad[1]:
-            rho = (logits - log_normaliser).exp_()
-            grad_logits = torch.addcmul(d_log_mu, rho, d_log_mu.sum(dim=-1, keepdim=True), value=-1.0)
+            grad_logits = torch.addcmul(d_log_mu, log_rho.exp(), d_log_mu.sum(dim=-1, keepdim=True), value=-1.0)
             grad_logits.mul_(grad.unsqueeze(-1))
         if ctx.needs_input_grad[3]:
             grad_log_theta = theta * torch.mv(log_1mp.T, grad) - torch.mv(d_log_mu.T, grad)
-            grad_log_theta.index_add_(0, cols, _digamma_terms(x_nz, theta_nz) * grad[rows])
+            digamma_terms = _digamma_terms(counts, theta_nz, torch.digamma(theta)[cols])
+            grad_log_theta.index_add_(0, cols, digamma_terms * grad[rows])
         return None, grad_logits, None, grad_log_theta
 
 
@@ -290,9 +299,9 @@ class NegativeBinomialSoftmax(NegativeBinomialMean):
         return super().to_event(reinterpreted_batch_ndims)
 
     def cell_log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """Log-probability of each cell's counts (the last dimension summed)."""
+        """Log-probability of each cell's counts (the last dimension summed); ``value`` may be sparse CSR."""
         if self._validate_args:
-            self._validate_sample(value)
+            self._validate_sample(value.to_dense() if is_sparse_csr(value) else value)
         fused = (
             value.dim() == 2
             and value.shape == self.logits.shape
@@ -301,7 +310,7 @@ class NegativeBinomialSoftmax(NegativeBinomialMean):
         )
         if fused:
             return negative_binomial_softmax_log_prob(value, self.logits, self.log_library, self.log_theta)
-        return self.log_prob(value).sum(dim=-1)
+        return self.log_prob(value.to_dense() if is_sparse_csr(value) else value).sum(dim=-1)
 
 
 class _CellCounts(Independent):

@@ -6,11 +6,11 @@ import torch
 from pyro.distributions import Normal
 from torch import nn
 from torch.distributions import kl_divergence
-from torch.nn import functional as F
 
 from ._likelihood import NegativeBinomialSoftmax
+from ._sparse import is_sparse_csr, sparse_linear
 
-__all__ = ["VAENetworks", "cell_log_likelihood", "one_hidden_layer_mlp"]
+__all__ = ["VAENetworks", "cell_log_likelihood", "counts_for", "one_hidden_layer_mlp"]
 
 VARIANCE_FLOOR = 1e-4
 """Added to the encoder's variance so that a collapsed ``exp`` never yields a zero scale."""
@@ -31,6 +31,11 @@ def one_hidden_layer_mlp(n_input: int, n_output: int, n_hidden: int) -> nn.Seque
     return nn.Sequential(nn.Linear(n_input, n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_output))
 
 
+def counts_for(px: torch.distributions.Distribution, x: torch.Tensor) -> torch.Tensor:
+    """The counts ``x`` in a form ``px`` can score: sparse CSR only for :class:`NegativeBinomialSoftmax`."""
+    return x.to_dense() if is_sparse_csr(x) and not isinstance(px, NegativeBinomialSoftmax) else x
+
+
 def cell_log_likelihood(px: torch.distributions.Distribution, x: torch.Tensor) -> torch.Tensor:
     r"""Log-likelihood of each cell's counts, :math:`\log p(x_n \mid z_n)`, with the genes as one event.
 
@@ -40,8 +45,9 @@ def cell_log_likelihood(px: torch.distributions.Distribution, x: torch.Tensor) -
         The observation model: elementwise over cells × genes (as :meth:`VAENetworks.likelihood` and
         ``torch.distributions.Poisson`` are), or with the genes already as its event.
     x
-        Counts, cells × genes.
+        Counts, cells × genes, dense or a sparse CSR tensor.
     """
+    x = counts_for(px, x)
     if px.event_shape:
         return px.log_prob(x)
     per_cell = px.to_event(1) if hasattr(px, "to_event") else torch.distributions.Independent(px, 1)
@@ -76,14 +82,20 @@ class VAENetworks(nn.Module):
         self.log_theta = nn.Parameter(torch.randn(n_input))
 
     def posterior(self, x: torch.Tensor) -> Normal:
-        r"""The approximate posterior :math:`q(z \mid x)` of a minibatch of counts ``x`` (cells × genes)."""
-        log_x = torch.log1p(x)
+        r"""The approximate posterior :math:`q(z \mid x)` of a minibatch of counts ``x`` (cells × genes).
+
+        ``x`` may be dense or a sparse CSR tensor; for the latter the first layer reads only the non-zero counts.
+        """
         mean_input, mean_output = self.z_mean_encoder[0], self.z_mean_encoder[2]
         var_input, var_output = self.z_var_encoder[0], self.z_var_encoder[2]
-        # the first layers of the two networks read the same input: one matrix product serves both
-        hidden = F.linear(
-            log_x, torch.cat([mean_input.weight, var_input.weight]), torch.cat([mean_input.bias, var_input.bias])
-        ).relu()
+        # the first layers of the two networks read the same input: one product serves both
+        weight_t = torch.cat([mean_input.weight.T, var_input.weight.T], dim=1)
+        bias = torch.cat([mean_input.bias, var_input.bias])
+        if is_sparse_csr(x):
+            hidden = sparse_linear(x, weight_t, bias, values=torch.log1p(x.values()))
+        else:
+            hidden = torch.addmm(bias, torch.log1p(x), weight_t)
+        hidden = hidden.relu()
         hidden_mean, hidden_var = hidden.split([mean_input.out_features, var_input.out_features], dim=-1)
         qz_m = mean_output(hidden_mean)
         qz_v = var_output(hidden_var).exp() + VARIANCE_FLOOR

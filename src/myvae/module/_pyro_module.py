@@ -11,6 +11,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import PyroBaseModuleClass
 
 from ._base import SharedNetworksMixin, observed_library
+from ._networks import counts_for
 
 __all__ = ["PyroVAEModule"]
 
@@ -59,7 +60,8 @@ class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
             prior = self.networks.prior(torch.zeros(n_cells, self.networks.n_latent, device=x.device))
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", prior.to_event(1))
-            pyro.sample("x", self.likelihood(z, library).to_event(1), obs=x)
+            px = self.likelihood(z, library)
+            pyro.sample("x", px.to_event(1), obs=counts_for(px, x))
 
     def _guide(self, x: torch.Tensor, library: torch.Tensor, kl_weight: float = 1.0) -> None:
         pyro.module("myvae_networks", self.networks)

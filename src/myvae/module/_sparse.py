@@ -1,0 +1,111 @@
+"""Counts as their non-zero entries: what the encoder's first layer and the likelihood need from a minibatch.
+
+Single-cell counts are mostly zeros (about 92% in PBMC 3k's highly variable genes). A minibatch may come as a dense
+tensor (scvi-tools' data loaders) or as a sparse CSR tensor (myvae's own data module); either way the model reads
+it through :func:`nonzero_entries`, and the first layer of the encoder multiplies only the non-zero entries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["is_sparse_csr", "nonzero_entries", "row_sums", "sparse_linear"]
+
+
+def is_sparse_csr(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a sparse CSR tensor."""
+    return x.layout == torch.sparse_csr
+
+
+def _row_ids(crow_indices: torch.Tensor) -> torch.Tensor:
+    """The row of each stored entry of a CSR matrix, from its row pointers."""
+    n_rows = crow_indices.numel() - 1
+    return torch.repeat_interleave(torch.arange(n_rows, device=crow_indices.device), crow_indices.diff())
+
+
+def nonzero_entries(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows, columns and values of the non-zero entries of a cells × genes matrix, row by row.
+
+    Parameters
+    ----------
+    x
+        Dense tensor or sparse CSR tensor (stored zeros, if any, are kept; they change nothing downstream).
+    """
+    if is_sparse_csr(x):
+        return _row_ids(x.crow_indices()), x.col_indices(), x.values()
+    rows, cols = torch.nonzero(x, as_tuple=True)
+    return rows, cols, x[rows, cols]
+
+
+def row_sums(x: torch.Tensor) -> torch.Tensor:
+    """The sum of each row of a dense or sparse CSR matrix, as a column (rows × 1)."""
+    if not is_sparse_csr(x):
+        return x.sum(dim=-1, keepdim=True)
+    rows, _, values = nonzero_entries(x)
+    return torch.zeros(x.shape[0], 1, dtype=values.dtype, device=values.device).index_add_(
+        0, rows, values.unsqueeze(-1)
+    )
+
+
+def sparse_linear(
+    x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor, values: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""``x @ weight_t + bias`` for a sparse CSR ``x``, touching only its non-zero entries.
+
+    The product is a weighted ``embedding_bag`` over the rows of :math:`W^\top` (one bag per cell). Its gradient
+    in the weight, :math:`x^\top g`, is another ``embedding_bag``, over the rows of the output gradient with the
+    entries grouped by gene. No gradient flows to ``x`` (it is data).
+
+    Parameters
+    ----------
+    x
+        Sparse CSR input, cells × features.
+    weight_t
+        Transposed weight :math:`W^\top`, features × outputs, contiguous.
+    bias
+        Bias, one per output.
+    values
+        Values to use in place of ``x``'s stored values (a transform of them that keeps zeros at zero, such as
+        ``log1p``), so that no second sparse tensor has to be built.
+    """
+    values = x.values() if values is None else values
+    return _SparseLinear.apply(x.crow_indices(), x.col_indices(), values, weight_t, bias)
+
+
+class _SparseLinear(torch.autograd.Function):
+    """Forward and backward of :func:`sparse_linear` on the CSR arrays of ``x``."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        crow_indices: torch.Tensor,
+        col_indices: torch.Tensor,
+        values: torch.Tensor,
+        weight_t: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        out = F.embedding_bag(col_indices, weight_t, crow_indices[:-1], mode="sum", per_sample_weights=values)
+        ctx.save_for_backward(crow_indices, col_indices, values)
+        ctx.n_features = weight_t.shape[0]
+        return out.add_(bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, None, torch.Tensor | None, torch.Tensor | None]:
+        crow_indices, col_indices, values = ctx.saved_tensors
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[3]:
+            # entries grouped by feature: row (weight) i of x^T g sums values * grad[row] over feature i's entries
+            by_feature = torch.argsort(col_indices.int(), stable=True)
+            entries_per_feature = torch.bincount(col_indices, minlength=ctx.n_features)
+            offsets = torch.cumsum(entries_per_feature, 0) - entries_per_feature
+            grad_weight = F.embedding_bag(
+                _row_ids(crow_indices)[by_feature],
+                grad.contiguous(),
+                offsets,
+                mode="sum",
+                per_sample_weights=values[by_feature],
+            )
+        if ctx.needs_input_grad[4]:
+            grad_bias = grad.sum(dim=0)
+        return None, None, None, grad_weight, grad_bias
