@@ -80,7 +80,9 @@ class CSRRows:
 class _Minibatches:
     """One pass over ``indices`` in minibatches, shuffled anew at each pass when ``shuffle`` is set."""
 
-    def __init__(self, counts: CSRRows, indices: np.ndarray, batch_size: int, shuffle: bool, generator: torch.Generator):
+    def __init__(
+        self, counts: CSRRows, indices: np.ndarray, batch_size: int, shuffle: bool, generator: torch.Generator
+    ):
         self.counts = counts
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.batch_size = batch_size
