@@ -85,7 +85,7 @@ def _log_gamma_terms(x_nz: torch.Tensor, theta_nz: torch.Tensor, log_gamma_theta
 
 
 def _digamma_terms(x_nz: torch.Tensor, theta_nz: torch.Tensor, digamma_theta_nz: torch.Tensor) -> torch.Tensor:
-    r"""Derivative of :func:`_log_gamma_terms` in :math:`\log\theta`: :math:`\theta(\psi(x + \theta) - \psi(\theta))`."""
+    r"""Derivative in :math:`\log\theta` of :func:`_log_gamma_terms`, :math:`\theta(\psi(x+\theta) - \psi(\theta))`."""
     return theta_nz * (torch.digamma(x_nz + theta_nz) - digamma_theta_nz)
 
 
