@@ -117,4 +117,9 @@ def test_softmax_distribution_scores_cells_like_the_mean_parametrised_one():
     samples = NegativeBinomialSoftmax(logits.expand(3, 8, 6), log_library, log_theta)
     torch.testing.assert_close(samples.to_event(1).log_prob(x), reference.log_prob(x).sum(-1).expand(3, 8))
     assert samples.expand((3, 8, 6)).batch_shape == (3, 8, 6)
+    # Pyro's plates expand the distribution to its own batch shape: the per-gene and per-cell parameters keep
+    # their shapes so that cells are still scored by the fused likelihood, with the same result
+    same = px.expand(px.batch_shape)
+    assert same.log_theta.shape == (6,) and same.log_library.shape == (8, 1)
+    torch.testing.assert_close(same.to_event(1).log_prob(x), reference.log_prob(x).sum(-1))
     assert px.sample().shape == (8, 6)

@@ -249,7 +249,7 @@ class MyVAE(VAEMixin, BaseModelClass):
         plan_kwargs = {"n_epochs_kl_warmup": None, **(plan_kwargs or {})}
         if self._uses_pyro:
             plan_kwargs.setdefault("loss_fn", TraceMeanField_ELBO())
-            plan_kwargs.setdefault("optim_kwargs", {"lr": lr})
+            plan_kwargs.setdefault("optim_kwargs", {"lr": lr, "fused": True})
         else:
             plan_kwargs.setdefault("lr", lr)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)

@@ -285,9 +285,10 @@ class NegativeBinomialSoftmax(NegativeBinomialMean):
         """Broadcast the parameters to a larger batch shape (used by Pyro's plates)."""
         batch_shape = torch.Size(batch_shape)
         new = self._get_checked_instance(NegativeBinomialSoftmax, _instance)
+        # the library sizes and the per-gene dispersion keep their shapes (they broadcast), so that the expanded
+        # distribution still scores cells with the fused likelihood
         new.logits = self.logits.expand(batch_shape)
-        new.log_library = self.log_library.expand(batch_shape[:-1] + self.log_library.shape[-1:])
-        new.log_theta = self.log_theta.expand(batch_shape)
+        new.log_library, new.log_theta = self.log_library, self.log_theta
         TorchDistribution.__init__(new, batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
