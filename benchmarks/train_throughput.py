@@ -267,11 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--max-epochs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--report", type=Path, default=None, help="only rewrite the Markdown tables from this JSON result file"
+    )
     parser.add_argument("--worker-data", help=argparse.SUPPRESS)
     parser.add_argument("--worker-method", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_data:
         _worker(args)
+        return 0
+    if args.report:
+        _write_markdown(json.loads(args.report.read_text()), args.report)
         return 0
 
     import torch
@@ -311,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+    _write_markdown(report, args.out)
     return 0
 
 
@@ -364,6 +371,104 @@ def _print_dataset(name: str, entry: dict) -> None:
             f"matmul-only ceiling: {entry['matmul_ceiling_cells_per_second']:.0f} cells/s; the torch backend reaches "
             f"{entry['torch_fraction_of_matmul_ceiling']:.0%} of it"
         )
+
+
+def _write_markdown(report: dict, json_path: Path) -> None:
+    tables = json_path.with_suffix(".md")
+    targets = json_path.with_name(json_path.stem + "_targets.md")
+    tables.write_text(markdown_report(report))
+    targets.write_text(targets_report(report))
+    print(f"wrote {tables} and {targets}")
+
+
+def targets_report(report: dict) -> str:
+    """The performance targets, each with the figure this run measured and whether it is met, as Markdown."""
+    rows = []
+
+    def add(target: str, dataset: str, measured: float | None, fmt: str, met: bool | None) -> None:
+        # fmt is a format specification followed by a unit, e.g. ".2f×"
+        spec, unit = fmt.rstrip("×%"), fmt[len(fmt.rstrip("×%")) :]
+        shown = "not measured" if measured is None else format(measured, spec) + unit
+        verdict = "—" if met is None else "yes" if met else "**no**"
+        rows.append(f"| {target} | {dataset} | {shown} | {verdict} |")
+
+    datasets = report["datasets"]
+    for name in ("pbmc_resampled_20k", "pbmc_resampled_100k"):
+        torch_result = datasets.get(name, {}).get("results", {}).get("myvae_torch", {})
+        speed = torch_result.get("speed_vs_scvi")
+        add("torch backend ≥ 4× SCVI cells/s", name, speed, ".2f×", None if speed is None else speed >= 4)
+        gap = torch_result.get("heldout_elbo_gap_vs_reference")
+        add(
+            "torch held-out ELBO no more than 0.5% below the reference path",
+            name,
+            None if gap is None else 100 * gap,
+            "+.2f%",
+            None if gap is None else gap >= -0.005,
+        )
+    for name, entry in datasets.items():
+        results = entry["results"]
+        if "myvae_pyro" in results and "myvae_torch" in results:
+            ratio = results["myvae_pyro"]["cells_per_second"] / results["myvae_torch"]["cells_per_second"]
+            add("Pyro backend ≥ 0.7× the torch backend's cells/s", name, ratio, ".2f×", ratio >= 0.7)
+    defaults = datasets.get("pbmc3k_hvg", {}).get("results", {}).get("myvae_torch_defaults", {})
+    ratio = defaults.get("time_to_1pct_vs_scvi_defaults")
+    add(
+        "defaults: time to within 1% of own final held-out ELBO ≤ ¼ of SCVI's",
+        "pbmc3k_hvg",
+        ratio,
+        ".2f×",
+        None if ratio is None else ratio <= 0.25,
+    )
+    ratio = defaults.get("time_to_scvi_final_vs_scvi_to_1pct")
+    add(
+        "defaults: time to reach SCVI's final held-out ELBO, over SCVI's time to within 1%",
+        "pbmc3k_hvg",
+        ratio,
+        ".2f×",
+        None,
+    )
+    for name, entry in datasets.items():
+        fraction = entry.get("torch_fraction_of_matmul_ceiling")
+        add(
+            "fraction of the matmul-only ceiling reached (reported)",
+            name,
+            None if fraction is None else 100 * fraction,
+            ".0f%",
+            None,
+        )
+    header = ["| target | data set | measured | met |", "|---|---|---:|:---:|"]
+    return "\n".join(header + rows) + "\n"
+
+
+def markdown_report(report: dict) -> str:
+    """The benchmark's figures as Markdown tables, one per data set (included by the docs' performance page)."""
+    machine = report["machine"]
+    lines = [
+        f"Machine: {machine['processor']}, {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
+        f"Python {machine['python']}, {machine['platform']}.",
+        "",
+    ]
+    for name, entry in report["datasets"].items():
+        lines += [
+            f"**{name}**: {entry['n_cells']:,} cells × {entry['n_genes']:,} genes, {entry['epochs']} epochs; "
+            f"matmul-only ceiling {entry['matmul_ceiling_cells_per_second']:,.0f} cells/s"
+            + (
+                f", reached to {entry['torch_fraction_of_matmul_ceiling']:.0%} by the torch backend."
+                if "torch_fraction_of_matmul_ceiling" in entry
+                else "."
+            ),
+            "",
+            "| method | cells/s | × SCVI | × reference | s to within 1% | final held-out ELBO | peak RSS (MiB) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for method, result in entry["results"].items():
+            lines.append(
+                f"| {method} | {result['cells_per_second']:,.0f} | {result.get('speed_vs_scvi', float('nan')):.2f} "
+                f"| {result.get('speed_vs_reference', float('nan')):.2f} | {result['seconds_to_within_1pct']:.1f} "
+                f"| {result['final_heldout_elbo_per_cell']:.2f} | {result['peak_rss_mib']:,.0f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
