@@ -28,6 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("myvae_torch", "myvae_pyro", "scvi_SCVI", "reference_path")
 N_LATENT, N_HIDDEN = 10, 128
+ACCELERATOR_VARIABLE = "MYVAE_BENCH_ACCELERATOR"
+"""Environment variable through which the driver tells its worker processes the Lightning accelerator."""
 
 
 # ---------------------------------------------------------------- data ----------------------------------------------
@@ -112,11 +114,22 @@ def _train(method: str, adata, max_epochs: int | None, batch_size: int | None, c
 
     import myvae as mv
 
-    common = {"accelerator": "cpu", "callbacks": [clock], "check_val_every_n_epoch": 1, "enable_progress_bar": False}
+    accelerator = os.environ.get(ACCELERATOR_VARIABLE, "cpu")
+    common = {
+        "accelerator": accelerator,
+        "callbacks": [clock],
+        "check_val_every_n_epoch": 1,
+        "enable_progress_bar": False,
+    }
     if method.startswith("myvae"):
         mv.MyVAE.setup_anndata(adata)
         model = mv.MyVAE(adata, n_latent=N_LATENT, n_hidden=N_HIDDEN, backend=method.split("_")[1])
-        kwargs = {"early_stopping": max_epochs is None, "progress": False, "accelerator": "cpu", "callbacks": [clock]}
+        kwargs = {
+            "early_stopping": max_epochs is None,
+            "progress": False,
+            "accelerator": accelerator,
+            "callbacks": [clock],
+        }
         if batch_size:
             kwargs["batch_size"] = batch_size
         model.train(max_epochs, **kwargs)
@@ -202,20 +215,21 @@ def peak_rss_mib() -> float:
 # ---------------------------------------------------------------- matmul ceiling -----------------------------------
 
 
-def matmul_ceiling(n_genes: int, batch_size: int, repeats: int = 30) -> float:
+def matmul_ceiling(n_genes: int, batch_size: int, device: str = "cpu", repeats: int = 30) -> float:
     """Cells/s of the model's matrix multiplications alone (forward and backward), the same sizes as the model."""
     import torch
 
     torch.manual_seed(0)
-    x = torch.rand(batch_size, n_genes)
-    weights = [
-        torch.randn(n_genes, N_HIDDEN, requires_grad=True),  # mean encoder, first layer
-        torch.randn(N_HIDDEN, N_LATENT, requires_grad=True),
-        torch.randn(n_genes, N_HIDDEN, requires_grad=True),  # variance encoder, first layer
-        torch.randn(N_HIDDEN, N_LATENT, requires_grad=True),
-        torch.randn(N_LATENT, N_HIDDEN, requires_grad=True),  # decoder
-        torch.randn(N_HIDDEN, n_genes, requires_grad=True),
+    x = torch.rand(batch_size, n_genes, device=device)
+    shapes = [
+        (n_genes, N_HIDDEN),  # mean encoder, first layer
+        (N_HIDDEN, N_LATENT),
+        (n_genes, N_HIDDEN),  # variance encoder, first layer
+        (N_HIDDEN, N_LATENT),
+        (N_LATENT, N_HIDDEN),  # decoder
+        (N_HIDDEN, n_genes),
     ]
+    weights = [torch.randn(*shape, device=device, requires_grad=True) for shape in shapes]
 
     def step():
         mean = (x @ weights[0]) @ weights[1]
@@ -223,11 +237,14 @@ def matmul_ceiling(n_genes: int, batch_size: int, repeats: int = 30) -> float:
         out = ((mean + var) @ weights[4]) @ weights[5]
         out.sum().backward()
 
+    synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
     for _ in range(5):
         step()
+    synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         step()
+    synchronize()
     return batch_size * repeats / (time.perf_counter() - start)
 
 
@@ -267,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--max-epochs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator for every method (cpu, gpu)")
     parser.add_argument(
         "--report", type=Path, default=None, help="only rewrite the Markdown tables from this JSON result file"
     )
@@ -282,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    os.environ[ACCELERATOR_VARIABLE] = args.accelerator
+    on_gpu = args.accelerator in ("gpu", "cuda")
     report = {
+        "accelerator": args.accelerator,
+        "gpu": torch.cuda.get_device_name() if on_gpu else None,
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -307,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             _add_ratios(results)
             from myvae.model._myvae import DEFAULT_BATCH_SIZE
 
-            ceiling = matmul_ceiling(n_genes, DEFAULT_BATCH_SIZE)
+            ceiling = matmul_ceiling(n_genes, DEFAULT_BATCH_SIZE, device="cuda" if on_gpu else "cpu")
             entry = {"n_cells": n_cells, "n_genes": n_genes, "epochs": epochs, "results": results}
             entry["matmul_ceiling_cells_per_second"] = ceiling
             if "myvae_torch" in results:
@@ -445,7 +467,8 @@ def markdown_report(report: dict) -> str:
     machine = report["machine"]
     lines = [
         f"Machine: {machine['processor']}, {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
-        f"Python {machine['python']}, {machine['platform']}.",
+        f"Python {machine['python']}, {machine['platform']}"
+        + (f"; every method trained on a {report['gpu']} GPU." if report.get("gpu") else "; every method on the CPU."),
         "",
     ]
     for name, entry in report["datasets"].items():
