@@ -12,23 +12,24 @@ import pandas as pd
 import pyro
 import scvi
 import torch
-from anndata import AnnData
+from anndata import AnnData, read_h5ad
 from pyro.infer import TraceMeanField_ELBO
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
+from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass, VAEMixin
-from scvi.model.base._save_load import _load_saved_files
 from scvi.module.base import BaseModuleClass, PyroBaseModuleClass
 from scvi.train import TrainRunner
 
-from myvae._checks import check_same_genes
+from myvae._checks import InputError, check_same_genes
 from myvae.module import PyroVAEModule, TorchVAEModule
 
 from ._allocator import reuse_freed_memory
 from ._datamodule import CountsDataModule
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._quiet import quiet_training_logs
+from ._save_load import adata_path, prepare_directory, read_model_file, write_model_file
 from ._training_plan import LeanTrainingPlan
 
 __all__ = [
@@ -112,6 +113,10 @@ def default_max_epochs(n_obs: int) -> int:
     Small data sets need many passes for the networks to converge; large ones converge within few epochs.
     """
     return min(400, max(20, round(8_000_000 / max(n_obs, 1))))
+
+
+def _as_int_list(indices: Sequence[int] | None) -> list[int]:
+    return [] if indices is None else [int(i) for i in indices]
 
 
 class MyVAE(VAEMixin, BaseModelClass):
@@ -270,28 +275,108 @@ class MyVAE(VAEMixin, BaseModelClass):
             )
             runner()
 
-    @classmethod
-    def saved_genes(cls, dir_path: str | Path, prefix: str | None = None) -> pd.Index:
-        """The genes, in order, of a model saved with :meth:`~scvi.model.base.BaseModelClass.save` in ``dir_path``."""
-        return pd.Index(_load_saved_files(str(dir_path), load_adata=False, prefix=prefix)[1])
-
-    @classmethod
-    def load(cls, dir_path: str | Path, adata: AnnData | None = None, **kwargs) -> MyVAE:
-        """Load a saved model (:meth:`~scvi.model.base.BaseModelClass.save`), refusing data with other genes.
+    def save(
+        self,
+        dir_path: str | Path,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the trained model into a folder: weights and settings only, in a format that loads without pickle.
 
         Parameters
         ----------
         dir_path
-            Folder written by :meth:`~scvi.model.base.BaseModelClass.save`.
+            Folder to create.
+        prefix
+            Prefix of the file names inside the folder.
+        overwrite
+            Replace the folder if it exists; otherwise an existing folder is an error and nothing is written.
+        save_anndata
+            Also save the model's AnnData (``adata.h5ad``), so that :meth:`load` needs no ``adata``.
+        **anndata_write_kwargs
+            Passed to :meth:`anndata.AnnData.write_h5ad`.
+        """
+        path = prepare_directory(dir_path, overwrite)
+        history = {key: frame.to_numpy(dtype=float).ravel().tolist() for key, frame in (self.history_ or {}).items()}
+        write_model_file(
+            {
+                "model_state_dict": {key: value.detach().cpu() for key, value in self.module.state_dict().items()},
+                "var_names": [str(name) for name in self.adata.var_names],
+                "init_params": {"n_latent": self.n_latent, "n_hidden": self.n_hidden, "backend": self.backend},
+                "setup": {"layer": self.adata_manager.registry["setup_args"].get("layer")},
+                "is_trained": bool(self.is_trained_),
+                "history": history,
+                "train_indices": _as_int_list(getattr(self, "train_indices_", None)),
+                "validation_indices": _as_int_list(getattr(self, "validation_indices_", None)),
+            },
+            path,
+            prefix,
+        )
+        if save_anndata:
+            self.adata.write_h5ad(adata_path(path, prefix), **anndata_write_kwargs)
+
+    @classmethod
+    def saved_genes(cls, dir_path: str | Path, prefix: str | None = None) -> pd.Index:
+        """The genes, in order, of a model saved with :meth:`save` in ``dir_path``."""
+        return pd.Index(read_model_file(dir_path, prefix)["var_names"])
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | Path,
+        adata: AnnData | None = None,
+        *,
+        prefix: str | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ) -> MyVAE:
+        """Load a model saved with :meth:`save`, refusing data with other genes and files that are not plain data.
+
+        The weights file is read with ``torch.load(..., weights_only=True)``: a file that holds anything but
+        tensors and plain data — a pickle that could run code — is refused with an :class:`~myvae.InputError`
+        before any of it runs.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
         adata
             Data to attach, with the model's genes in the model's order; ``None`` uses the AnnData saved with the
-            model.
-        **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``, ``prefix``, …).
+            model (``save_anndata=True``).
+        prefix
+            Prefix given to :meth:`save`.
+        accelerator
+            Lightning accelerator to put the model on (``"cpu"``, ``"gpu"``, ``"auto"``).
+        device
+            Device index or ``"auto"``.
         """
-        if adata is not None:
-            check_same_genes(cls.saved_genes(dir_path, kwargs.get("prefix")), adata.var_names)
-        return super().load(str(dir_path), adata=adata, **kwargs)
+        saved = read_model_file(dir_path, prefix)
+        if adata is None:
+            if not adata_path(dir_path, prefix).is_file():
+                raise InputError(
+                    f"The model in {str(dir_path)!r} was saved without its data; pass adata= with the model's genes."
+                )
+            adata = read_h5ad(adata_path(dir_path, prefix))
+        check_same_genes(pd.Index(saved["var_names"]), adata.var_names)
+        backend = saved["init_params"]["backend"]
+        if backend not in BACKENDS:
+            raise InputError(
+                f"The model was trained with backend {backend!r}, which is not registered in this session; "
+                "register it with myvae.model.register_backend before loading."
+            )
+        cls.setup_anndata(adata, layer=saved["setup"]["layer"])
+        model = cls(adata, **saved["init_params"])
+        model.module.load_state_dict(saved["model_state_dict"])
+        model.is_trained_ = saved["is_trained"]
+        model.history_ = {key: pd.DataFrame({key: values}) for key, values in saved["history"].items()}
+        model.train_indices_ = np.asarray(saved["train_indices"], dtype=int)
+        model.validation_indices_ = np.asarray(saved["validation_indices"], dtype=int)
+        _, _, device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+        model.to_device(device)
+        model.module.eval()
+        return model
 
     def _minibatches(self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int | None):
         if adata is not None:
