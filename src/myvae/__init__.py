@@ -3,9 +3,9 @@
 from importlib.metadata import version
 
 from . import datasets, model, module, pl, pp, tl
-from ._checks import InputError
+from ._checks import InputError, TrainingDivergedError
 from .model import MyVAE
 
-__all__ = ["InputError", "MyVAE", "datasets", "model", "module", "pl", "pp", "tl"]
+__all__ = ["InputError", "MyVAE", "TrainingDivergedError", "datasets", "model", "module", "pl", "pp", "tl"]
 
 __version__ = version("myvae")

@@ -34,6 +34,13 @@ class InputError(ValueError):
     """
 
 
+class TrainingDivergedError(RuntimeError):
+    """Raised when training diverges (the ELBO becomes NaN or infinite); the message says what to change.
+
+    Nothing is written to the data: :func:`myvae.tl.myvae` writes its results only after training succeeded.
+    """
+
+
 def check_anndata(data: Any, func: str) -> AnnData:
     """Return ``data`` if it is an AnnData; explain what to pass instead otherwise.
 

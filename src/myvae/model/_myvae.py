@@ -27,6 +27,7 @@ from myvae.module import PyroVAEModule, TorchVAEModule
 
 from ._allocator import reuse_freed_memory
 from ._datamodule import CountsDataModule
+from ._guards import interrupts_stay_interrupts
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._quiet import quiet_training_logs
 from ._save_load import adata_path, prepare_directory, read_model_file, write_model_file
@@ -258,7 +259,7 @@ class MyVAE(VAEMixin, BaseModelClass):
         else:
             plan_kwargs.setdefault("lr", lr)
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        with quiet_training_logs(), reuse_freed_memory():
+        with quiet_training_logs(), reuse_freed_memory(), interrupts_stay_interrupts():
             if self._uses_pyro:
                 pyro.clear_param_store()
             runner = self._train_runner_cls(

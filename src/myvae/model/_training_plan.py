@@ -6,6 +6,8 @@ import torch
 from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
 
+from ._guards import check_finite_loss
+
 __all__ = ["LeanTrainingPlan"]
 
 
@@ -78,6 +80,13 @@ class LeanTrainingPlan(TrainingPlan):
 
     def _log_epoch(self, totals: _EpochTotals, stage: str) -> None:
         if totals.n_obs:
-            for name, value in totals.means().items():
+            means = totals.means()
+            check_finite_loss(
+                float(means["elbo"]),
+                stage="training" if stage == "train" else stage,
+                epoch=self.current_epoch,
+                lr=self.lr,
+            )
+            for name, value in means.items():
                 self.log(f"{name}_{stage}", value, on_epoch=True, prog_bar=name == "elbo")
         totals.reset()

@@ -19,6 +19,7 @@ from scipy import sparse
 from myvae._checks import (
     MIN_CELLS,
     InputError,
+    TrainingDivergedError,
     check_key_added,
     check_positive_float,
     check_positive_int,
@@ -282,6 +283,11 @@ def myvae(
             layers[layer_added] = trained.get_normalized_expression(
                 training_data, library_size=library_size, return_numpy=True
             ).astype(np.float32)
+    if not np.isfinite(embedding).all():
+        raise TrainingDivergedError(
+            "The model gives a non-finite embedding for some cells (its weights are no longer finite); train it "
+            "again with a lower learning rate (lr=). Nothing was written to the data."
+        )
     history = _history_as_elbo(trained)
     obsm_key = f"X_{key_added}"
     params.update(
