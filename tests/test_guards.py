@@ -33,7 +33,10 @@ def test_ctrl_c_during_training_leaves_the_data_untouched_and_ctrl_c_working(sma
     handler = signal.getsignal(signal.SIGINT)
     with unchanged(small_adata), pytest.raises(KeyboardInterrupt, match="nothing was written"):
         mv.tl.myvae(
-            small_adata, backend=backend, callbacks=[_RaiseAtEpoch(KeyboardInterrupt())], **fast_train_kwargs(max_epochs=4)
+            small_adata,
+            backend=backend,
+            callbacks=[_RaiseAtEpoch(KeyboardInterrupt())],
+            **fast_train_kwargs(max_epochs=4),
         )
     assert signal.getsignal(signal.SIGINT) is handler  # Lightning had set it to SIG_IGN
 
@@ -42,7 +45,9 @@ def test_an_error_during_training_leaves_the_data_untouched(small_adata, unchang
     mv.pp.setup_counts(small_adata)
     small_adata.obsm["X_myvae"] = np.zeros((small_adata.n_obs, 2), dtype=np.float32)  # an earlier result stays
     with unchanged(small_adata), pytest.raises(RuntimeError, match="disk full"):
-        mv.tl.myvae(small_adata, callbacks=[_RaiseAtEpoch(RuntimeError("disk full"))], **fast_train_kwargs(max_epochs=4))
+        mv.tl.myvae(
+            small_adata, callbacks=[_RaiseAtEpoch(RuntimeError("disk full"))], **fast_train_kwargs(max_epochs=4)
+        )
 
 
 def test_a_model_with_non_finite_weights_writes_no_nan_embedding(small_adata, unchanged):
