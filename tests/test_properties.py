@@ -138,7 +138,14 @@ def test_myvae_succeeds_with_finite_results_or_raises_a_documented_error(case, b
     before = fingerprint(adata)
     try:
         _quietly(
-            mv.tl.myvae, adata, backend=backend, max_epochs=1, batch_size=16, n_latent=3, progress=False, accelerator="cpu"
+            mv.tl.myvae,
+            adata,
+            backend=backend,
+            max_epochs=1,
+            batch_size=16,
+            n_latent=3,
+            progress=False,
+            accelerator="cpu",
         )
     except (InputError, TrainingDivergedError) as error:
         event(f"training refused: {type(error).__name__}")
@@ -162,7 +169,9 @@ def test_backed_anndata_is_refused_with_the_fix(small_adata, function):
         small_adata.write_h5ad(path)
         backed = ad.read_h5ad(path, backed="r")
         try:
-            with pytest.raises(InputError, match=r"backed mode; load it into memory first with `adata = adata.to_memory\(\)`"):
+            with pytest.raises(
+                InputError, match=r"backed mode; load it into memory first with `adata = adata.to_memory\(\)`"
+            ):
                 function(backed)
         finally:
             backed.file.close()
