@@ -8,6 +8,7 @@ only the documented keys added — or raise :class:`~myvae.InputError` (or :clas
 leave the object as it was.
 """
 
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ from scipy import sparse
 import myvae as mv
 from myvae import InputError, TrainingDivergedError
 
-EXAMPLES = 200
+EXAMPLES = int(os.environ.get("MYVAE_PROPERTY_EXAMPLES", "200"))  # raise it locally to search harder
 PROPERTY_SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
