@@ -41,10 +41,10 @@ def test_default_max_epochs_shrinks_with_data_size(n_obs, expected):
 class PoissonVAEModule(mv.module.TorchVAEModule):
     """A variant with a Poisson likelihood, as the 'Inside the model' tutorial writes it."""
 
-    def likelihood(self, z, library):
+    def likelihood(self, z, library, batch_index=None):
         import torch
 
-        return torch.distributions.Poisson(library * self.networks.log_rho(z).exp())
+        return torch.distributions.Poisson(library * self.networks.log_rho(z, batch_index).exp())
 
 
 def test_a_registered_variant_trains_through_the_same_api(small_adata, monkeypatch):

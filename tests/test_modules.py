@@ -12,26 +12,32 @@ def counts(small_adata) -> torch.Tensor:
     return torch.as_tensor(small_adata.X.toarray())
 
 
-def _twin_modules(n_genes: int) -> tuple[TorchVAEModule, PyroVAEModule]:
+def _twin_modules(n_genes: int, n_batch: int = 1) -> tuple[TorchVAEModule, PyroVAEModule]:
     torch.manual_seed(0)
-    torch_module = TorchVAEModule(n_genes, n_latent=10, n_hidden=128)
-    pyro_module = PyroVAEModule(n_genes, n_latent=10, n_hidden=128)
+    torch_module = TorchVAEModule(n_genes, n_latent=10, n_hidden=128, n_batch=n_batch)
+    pyro_module = PyroVAEModule(n_genes, n_latent=10, n_hidden=128, n_batch=n_batch)
     pyro_module.networks.load_state_dict(torch_module.networks.state_dict())
     return torch_module, pyro_module
 
 
+@pytest.mark.parametrize("n_batch", [1, 3])
 @pytest.mark.parametrize("kl_weight", [1.0, 0.3])
-def test_torch_loss_equals_pyro_mean_field_elbo(counts, kl_weight):
-    torch_module, pyro_module = _twin_modules(counts.shape[1])
+def test_torch_loss_equals_pyro_mean_field_elbo(counts, kl_weight, n_batch):
+    torch_module, pyro_module = _twin_modules(counts.shape[1], n_batch)
+    tensors = {REGISTRY_KEYS.X_KEY: counts}
+    batch_index = None
+    if n_batch > 1:
+        batch_index = (torch.arange(len(counts)) % n_batch).unsqueeze(-1)
+        tensors[REGISTRY_KEYS.BATCH_KEY] = batch_index
 
     torch.manual_seed(42)
-    _, _, loss_output = torch_module({REGISTRY_KEYS.X_KEY: counts}, loss_kwargs={"kl_weight": kl_weight})
+    _, _, loss_output = torch_module(tensors, loss_kwargs={"kl_weight": kl_weight})
     torch_loss = loss_output.loss
     torch_loss.backward()
 
     torch.manual_seed(42)
     pyro_loss = TraceMeanField_ELBO().differentiable_loss(
-        pyro_module.model, pyro_module.guide, counts, observed_library(counts), kl_weight=kl_weight
+        pyro_module.model, pyro_module.guide, counts, observed_library(counts), batch_index, kl_weight=kl_weight
     )
     pyro_loss.backward()
 
@@ -72,3 +78,22 @@ def test_sample_draws_posterior_predictive_counts(counts):
     # the library size is observed, so a draw's totals scatter around each cell's total
     ratio = one.sum(1) / counts.sum(1)
     assert 0.5 < ratio.median().item() < 2.0
+
+
+def test_the_decoder_reads_the_batch_and_transform_batch_decodes_as_that_batch(counts):
+    module = TorchVAEModule(counts.shape[1], n_latent=4, n_hidden=16, n_batch=2)
+    assert module.networks.decoder[0].in_features == 4 + 2
+    own = (torch.arange(len(counts)) % 2).unsqueeze(-1)
+    tensors = {REGISTRY_KEYS.X_KEY: counts, REGISTRY_KEYS.BATCH_KEY: own}
+    as_batch_one = {REGISTRY_KEYS.X_KEY: counts, REGISTRY_KEYS.BATCH_KEY: torch.ones_like(own)}
+    torch.manual_seed(3)
+    transformed = module.normalized_expression(tensors, transform_batch=1)
+    torch.manual_seed(3)
+    expected = module.normalized_expression(as_batch_one)
+    torch.manual_seed(3)
+    untransformed = module.normalized_expression(tensors)
+    torch.testing.assert_close(transformed, expected)
+    assert not torch.allclose(transformed, untransformed)  # cells of batch 0 are decoded differently
+    torch.testing.assert_close(transformed[own.ravel() == 1], untransformed[own.ravel() == 1])
+    with pytest.raises(ValueError, match="built for 2 batches; pass each cell's batch_index"):
+        module.networks.log_rho(torch.zeros(3, 4))

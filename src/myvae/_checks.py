@@ -82,6 +82,39 @@ def check_obs_key(adata: AnnData, key: str, argument: str) -> None:
         raise InputError(f"{argument}={key!r} is not a column of adata.obs (columns: {columns}).")
 
 
+MAX_NUMERIC_BATCHES = 50
+"""A numeric ``batch_key`` column with more distinct values than this is taken for a continuous covariate."""
+
+
+def check_batch_column(adata: AnnData, key: str) -> None:
+    """Raise an :class:`InputError` unless ``obs[key]`` can serve as a categorical batch covariate.
+
+    Strings and categories are accepted; a numeric column only with few distinct values (at most
+    :data:`MAX_NUMERIC_BATCHES`), as batch numbers are. Missing values are refused.
+    """
+    check_obs_key(adata, key, "batch_key")
+    column = adata.obs[key]
+    n_missing = int(column.isna().sum())
+    if n_missing:
+        raise InputError(
+            f"batch_key={key!r}: {n_missing} cells have no batch (NaN); fill them, e.g. "
+            f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)`, or remove those cells."
+        )
+    if pd.api.types.is_numeric_dtype(column) and not isinstance(column.dtype, pd.CategoricalDtype):
+        n_values = column.nunique()
+        if pd.api.types.is_float_dtype(column) and not np.array_equal(column, np.round(column)):
+            raise InputError(
+                f"batch_key={key!r} holds non-integer numbers; a batch is a category (a sample, a run). "
+                "Pass a column of labels, or convert it with `.astype('category')` if these are labels."
+            )
+        if n_values > MAX_NUMERIC_BATCHES:
+            raise InputError(
+                f"batch_key={key!r} is numeric with {n_values} distinct values, which looks like a continuous "
+                f"covariate, not batches; pass a column of batch labels, or convert it with `.astype('category')` "
+                "if these are labels."
+            )
+
+
 def _stored_values(matrix: Any) -> np.ndarray:
     """The explicitly stored values: every entry of a dense array, the non-zeros of a sparse one."""
     if sparse.issparse(matrix):

@@ -10,7 +10,7 @@ only its non-zero counts (:mod:`myvae.module._sparse`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from math import ceil
 
 import lightning.pytorch as pl
@@ -81,9 +81,14 @@ class _Minibatches:
     """One pass over ``indices`` in minibatches, shuffled anew at each pass when ``shuffle`` is set."""
 
     def __init__(
-        self, counts: CSRRows, indices: np.ndarray, batch_size: int, shuffle: bool, generator: torch.Generator
+        self,
+        gather: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+        indices: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator,
     ):
-        self.counts = counts
+        self.gather = gather
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -97,7 +102,7 @@ class _Minibatches:
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=self.generator)]
         for start in range(0, len(order), self.batch_size):
-            yield {REGISTRY_KEYS.X_KEY: self.counts[order[start : start + self.batch_size]]}
+            yield self.gather(order[start : start + self.batch_size])
 
 
 class CountsDataModule(pl.LightningDataModule):
@@ -107,6 +112,8 @@ class CountsDataModule(pl.LightningDataModule):
     ----------
     counts
         Cells × genes counts, a SciPy sparse matrix or a NumPy array.
+    batch_index
+        Batch code of each cell (cells or cells × 1), if the model is conditioned on batches.
     train_size
         Fraction of cells to train on; the others are the validation cells.
     batch_size
@@ -120,6 +127,7 @@ class CountsDataModule(pl.LightningDataModule):
         self,
         counts: sparse.spmatrix | np.ndarray,
         *,
+        batch_index: np.ndarray | None = None,
         train_size: float = 0.9,
         batch_size: int = 128,
         seed: int | None = 0,
@@ -130,8 +138,11 @@ class CountsDataModule(pl.LightningDataModule):
         self.train_idx, self.val_idx = split_indices(self.n_obs, train_size, seed)
         self.test_idx = np.array([], dtype=int)
         self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
-        self.n_batch = 1
         self.counts = CSRRows(counts)
+        self.batch_index = None
+        if batch_index is not None:
+            self.batch_index = torch.as_tensor(np.asarray(batch_index).reshape(-1, 1), dtype=torch.long)
+        self.n_batch = 1 if batch_index is None else int(self.batch_index.max()) + 1
         self._generator = torch.Generator()
         if seed is None:
             self._generator.seed()
@@ -140,10 +151,17 @@ class CountsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> _Minibatches:
         """Shuffled minibatches of the training cells."""
-        return _Minibatches(self.counts, self.train_idx, self.batch_size, shuffle=True, generator=self._generator)
+        return _Minibatches(self.minibatch, self.train_idx, self.batch_size, shuffle=True, generator=self._generator)
 
     def val_dataloader(self) -> _Minibatches | list:
         """Minibatches of the validation cells (none if every cell trains)."""
         if self.n_val == 0:
             return []
-        return _Minibatches(self.counts, self.val_idx, self.batch_size, shuffle=False, generator=self._generator)
+        return _Minibatches(self.minibatch, self.val_idx, self.batch_size, shuffle=False, generator=self._generator)
+
+    def minibatch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The given cells as a minibatch: their counts (sparse CSR) and, with batches, their batch codes."""
+        tensors = {REGISTRY_KEYS.X_KEY: self.counts[rows]}
+        if self.batch_index is not None:
+            tensors[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[rows]
+        return tensors

@@ -16,7 +16,7 @@ from anndata import AnnData, read_h5ad
 from pyro.infer import TraceMeanField_ELBO
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import LayerField
+from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.module.base import BaseModuleClass, PyroBaseModuleClass
@@ -85,8 +85,8 @@ def register_backend(name: str, module_cls: type) -> None:
     >>> import torch
     >>> import myvae as mv
     >>> class PoissonVAEModule(mv.module.TorchVAEModule):
-    ...     def likelihood(self, z, library):
-    ...         return torch.distributions.Poisson(library * self.networks.log_rho(z).exp())
+    ...     def likelihood(self, z, library, batch_index=None):
+    ...         return torch.distributions.Poisson(library * self.networks.log_rho(z, batch_index).exp())
     >>> mv.model.register_backend("torch-poisson", PoissonVAEModule)
     >>> "torch-poisson" in mv.model.BACKENDS
     True
@@ -114,6 +114,20 @@ def default_max_epochs(n_obs: int) -> int:
     Small data sets need many passes for the networks to converge; large ones converge within few epochs.
     """
     return min(400, max(20, round(8_000_000 / max(n_obs, 1))))
+
+
+def _align_batches(adata: AnnData, batch_key: str, categories: list[str]) -> None:
+    """Give ``adata.obs[batch_key]`` the saved batches as categories, refusing batches the model never saw."""
+    if batch_key not in adata.obs.columns:
+        raise InputError(f"The model was trained with batches from obs[{batch_key!r}]; the data have no such column.")
+    labels = adata.obs[batch_key].astype(str)
+    unknown = sorted(set(labels) - set(categories))
+    if unknown:
+        raise InputError(
+            f"obs[{batch_key!r}] holds batches the model was not trained on ({', '.join(unknown)}); the model "
+            f"knows {categories}. Train a model on these batches."
+        )
+    adata.obs[batch_key] = pd.Categorical(labels, categories=categories)
 
 
 def _as_int_list(indices: Sequence[int] | None) -> list[int]:
@@ -161,12 +175,26 @@ class MyVAE(VAEMixin, BaseModelClass):
         self.backend = backend
         self.n_latent = n_latent
         self.n_hidden = n_hidden
-        self.module = BACKENDS[backend](self.summary_stats.n_vars, n_latent=n_latent, n_hidden=n_hidden)
+        n_batch = self.summary_stats.n_batch
+        # modules registered without batch support are built as before; only a batched model passes n_batch
+        batch_kwargs = {"n_batch": n_batch} if n_batch > 1 else {}
+        self.module = BACKENDS[backend](self.summary_stats.n_vars, n_latent=n_latent, n_hidden=n_hidden, **batch_kwargs)
         self._model_summary_string = (
             f"MyVAE ({backend} backend) with n_latent={n_latent}, n_hidden={n_hidden}, "
-            f"{self.summary_stats.n_vars} genes"
+            f"{self.summary_stats.n_vars} genes" + (f", {n_batch} batches" if n_batch > 1 else "")
         )
         self.init_params_ = self._get_init_params(locals())
+
+    @property
+    def n_batch(self) -> int:
+        """Number of batches the decoder is conditioned on (1 when the data were set up without ``batch_key``)."""
+        return self.summary_stats.n_batch
+
+    @property
+    def batch_categories(self) -> list[str]:
+        """The batches, in the order of their codes (one unnamed batch without ``batch_key``)."""
+        mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+        return [str(category) for category in mapping]
 
     @property
     def _uses_pyro(self) -> bool:
@@ -177,7 +205,7 @@ class MyVAE(VAEMixin, BaseModelClass):
         return ValidatedPyroTrainingPlan if self._uses_pyro else LeanTrainingPlan
 
     @classmethod
-    def setup_anndata(cls, adata: AnnData, layer: str | None = None, **kwargs) -> None:
+    def setup_anndata(cls, adata: AnnData, layer: str | None = None, batch_key: str | None = None, **kwargs) -> None:
         """Register an AnnData whose ``X`` (or ``layers[layer]``) holds raw counts.
 
         Parameters
@@ -186,11 +214,17 @@ class MyVAE(VAEMixin, BaseModelClass):
             Cells × genes counts.
         layer
             Layer holding the counts; ``None`` uses ``X``.
+        batch_key
+            Column of ``obs`` with each cell's batch; the decoder is then conditioned on it. Its categories, in
+            order, define the batch codes (scvi-tools adds the codes as ``obs["_scvi_batch"]``).
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        fields = [LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True)]
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
@@ -248,6 +282,7 @@ class MyVAE(VAEMixin, BaseModelClass):
             lr = default_learning_rate(batch_size)
         datamodule = CountsDataModule(
             self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+            batch_index=self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY) if self.n_batch > 1 else None,
             train_size=train_size,
             batch_size=batch_size,
             seed=scvi.settings.seed,
@@ -306,7 +341,11 @@ class MyVAE(VAEMixin, BaseModelClass):
                 "model_state_dict": {key: value.detach().cpu() for key, value in self.module.state_dict().items()},
                 "var_names": [str(name) for name in self.adata.var_names],
                 "init_params": {"n_latent": self.n_latent, "n_hidden": self.n_hidden, "backend": self.backend},
-                "setup": {"layer": self.adata_manager.registry["setup_args"].get("layer")},
+                "setup": {
+                    "layer": self.adata_manager.registry["setup_args"].get("layer"),
+                    "batch_key": self.adata_manager.registry["setup_args"].get("batch_key"),
+                    "batch_categories": self.batch_categories,
+                },
                 "is_trained": bool(self.is_trained_),
                 "history": history,
                 "train_indices": _as_int_list(getattr(self, "train_indices_", None)),
@@ -337,7 +376,8 @@ class MyVAE(VAEMixin, BaseModelClass):
 
         The weights file is read with ``torch.load(..., weights_only=True)``: a file that holds anything but
         tensors and plain data — a pickle that could run code — is refused with an :class:`~myvae.InputError`
-        before any of it runs.
+        before any of it runs. For a model trained with batches, ``adata.obs[batch_key]`` must hold only the
+        model's batches; it is made categorical with the model's batches, in the model's order.
 
         Parameters
         ----------
@@ -367,7 +407,10 @@ class MyVAE(VAEMixin, BaseModelClass):
                 f"The model was trained with backend {backend!r}, which is not registered in this session; "
                 "register it with myvae.model.register_backend before loading."
             )
-        cls.setup_anndata(adata, layer=saved["setup"]["layer"])
+        batch_key = saved["setup"].get("batch_key")
+        if batch_key is not None:
+            _align_batches(adata, batch_key, saved["setup"]["batch_categories"])
+        cls.setup_anndata(adata, layer=saved["setup"]["layer"], batch_key=batch_key)
         model = cls(adata, **saved["init_params"])
         model.module.load_state_dict(saved["model_state_dict"])
         model.is_trained_ = saved["is_trained"]
@@ -391,6 +434,20 @@ class MyVAE(VAEMixin, BaseModelClass):
             parts = [compute(tensors).cpu().numpy() for tensors in self._minibatches(adata, indices, batch_size)]
         return np.concatenate(parts, axis=0)
 
+    def _batch_code(self, batch: str | None) -> int | None:
+        """The code of batch ``batch``; an :class:`~myvae.InputError` listing the batches if it is not one."""
+        if batch is None:
+            return None
+        if self.n_batch == 1:
+            raise InputError(
+                "transform_batch= needs a model trained with batches; set up the data with "
+                "mv.pp.setup_counts(adata, batch_key=...) and train again."
+            )
+        categories = self.batch_categories
+        if str(batch) not in categories:
+            raise InputError(f"transform_batch={batch!r} is not one of the model's batches: {categories}.")
+        return categories.index(str(batch))
+
     def get_normalized_expression(
         self,
         adata: AnnData | None = None,
@@ -398,6 +455,7 @@ class MyVAE(VAEMixin, BaseModelClass):
         *,
         library_size: float = 1e4,
         n_samples: int = 25,
+        transform_batch: str | None = None,
         batch_size: int | None = None,
         return_numpy: bool = False,
     ) -> pd.DataFrame | np.ndarray:
@@ -413,6 +471,9 @@ class MyVAE(VAEMixin, BaseModelClass):
             Counts per cell that each row sums to.
         n_samples
             Draws of :math:`z \sim q(z \mid x)` averaged per cell.
+        transform_batch
+            A batch (one of :attr:`batch_categories`): express every cell as if it came from that batch, which
+            removes the batch effect from the expression. ``None`` decodes each cell with its own batch.
         batch_size
             Cells per minibatch; ``None`` uses scvi-tools' default.
         return_numpy
@@ -422,8 +483,12 @@ class MyVAE(VAEMixin, BaseModelClass):
         -------
         Cells × genes, ``float32``, every row summing to ``library_size``.
         """
+        code = self._batch_code(transform_batch)
         expression = library_size * self._per_cell(
-            lambda tensors: self.module.normalized_expression(tensors, n_samples=n_samples), adata, indices, batch_size
+            lambda tensors: self.module.normalized_expression(tensors, n_samples=n_samples, transform_batch=code),
+            adata,
+            indices,
+            batch_size,
         )
         if return_numpy:
             return expression

@@ -9,7 +9,12 @@ from scvi.module.base import auto_move_data
 from ._networks import VAENetworks
 from ._sparse import row_sums
 
-__all__ = ["SharedNetworksMixin", "observed_library"]
+__all__ = ["SharedNetworksMixin", "batch_of", "observed_library"]
+
+
+def batch_of(tensors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The batch code of each cell of a minibatch (cells × 1), or ``None`` if the data have no batches."""
+    return tensors.get(REGISTRY_KEYS.BATCH_KEY)
 
 
 def observed_library(x: torch.Tensor) -> torch.Tensor:
@@ -24,18 +29,20 @@ class SharedNetworksMixin:
     ``module.inference(**module._get_inference_input(tensors))`` and reads ``qz`` (a distribution) and ``z``.
     """
 
-    def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128):
+    def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128, n_batch: int = 1):
         super().__init__()
-        self.networks = VAENetworks(n_input, n_latent=n_latent, n_hidden=n_hidden)
+        self.networks = VAENetworks(n_input, n_latent=n_latent, n_hidden=n_hidden, n_batch=n_batch)
 
-    def likelihood(self, z: torch.Tensor, library: torch.Tensor) -> torch.distributions.Distribution:
-        r"""The observation model :math:`p(x \mid z, l)`; override it to write a variant of the model.
+    def likelihood(
+        self, z: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None = None
+    ) -> torch.distributions.Distribution:
+        r"""The observation model :math:`p(x \mid z, l, s)`; override it to write a variant of the model.
 
         The default is :meth:`~myvae.module.VAENetworks.likelihood`, the negative binomial. Every use of the
         likelihood — the loss, Pyro's ``model``, posterior-predictive samples, :meth:`~myvae.MyVAE.get_elbo` — goes
-        through here.
+        through here. ``batch_index`` (cells × 1) is given when the model has several batches.
         """
-        return self.networks.likelihood(z, library)
+        return self.networks.likelihood(z, library, batch_index)
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"x": tensors[REGISTRY_KEYS.X_KEY]}
@@ -71,7 +78,7 @@ class SharedNetworksMixin:
         Counts of shape cells × genes (``n_samples == 1``) or cells × genes × ``n_samples``.
         """
         outputs = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
-        counts = self.likelihood(outputs["z"], outputs["library"]).sample()
+        counts = self.likelihood(outputs["z"], outputs["library"], batch_of(tensors)).sample()
         return counts if n_samples == 1 else counts.permute(1, 2, 0)
 
     @torch.inference_mode()
@@ -79,11 +86,20 @@ class SharedNetworksMixin:
         """Per-cell reconstruction loss and KL divergence of a minibatch, with one draw of :math:`z`."""
         x = tensors[REGISTRY_KEYS.X_KEY]
         outputs = self.inference(x)
-        return self.networks.negative_elbo_terms(x, outputs["qz"], self.likelihood(outputs["z"], outputs["library"]))
+        px = self.likelihood(outputs["z"], outputs["library"], batch_of(tensors))
+        return self.networks.negative_elbo_terms(x, outputs["qz"], px)
 
     @torch.inference_mode()
-    def normalized_expression(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        r"""Posterior mean of the expression proportions :math:`\rho`, averaged over ``n_samples`` draws of z."""
+    def normalized_expression(
+        self, tensors: dict[str, torch.Tensor], n_samples: int = 1, transform_batch: int | None = None
+    ) -> torch.Tensor:
+        r"""Posterior mean of the expression proportions :math:`\rho`, averaged over ``n_samples`` draws of z.
+
+        With ``transform_batch`` (a batch code), every cell is decoded as if it came from that batch.
+        """
         outputs = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
-        rho = self.networks.log_rho(outputs["z"]).exp()
+        batch_index = batch_of(tensors)
+        if transform_batch is not None and batch_index is not None:
+            batch_index = torch.full_like(batch_index, transform_batch)
+        rho = self.networks.log_rho(outputs["z"], batch_index).exp()
         return rho if n_samples == 1 else rho.mean(dim=0)

@@ -6,6 +6,7 @@ import torch
 from pyro.distributions import Normal
 from torch import nn
 from torch.distributions import kl_divergence
+from torch.nn import functional as F
 
 from ._likelihood import NegativeBinomialSoftmax
 from ._sparse import is_sparse_csr, sparse_linear
@@ -59,8 +60,11 @@ class VAENetworks(nn.Module):
 
     - :meth:`posterior`: :math:`q(z_n \mid x_n) = \mathcal N(\mu(\log(1 + x_n)), \sigma^2(\log(1 + x_n)))`,
       with one network for the mean and one (through ``exp``) for the variance;
-    - :meth:`likelihood`: :math:`p(x_n \mid z_n) = \mathrm{NB}(l_n \rho_n, \theta)` with
-      :math:`\rho_n = \mathrm{softmax}(f(z_n))` and :math:`\theta = \exp(\log\theta)` per gene.
+    - :meth:`likelihood`: :math:`p(x_n \mid z_n, s_n) = \mathrm{NB}(l_n \rho_n, \theta)` with
+      :math:`\rho_n = \mathrm{softmax}(f(z_n, s_n))` and :math:`\theta = \exp(\log\theta)` per gene.
+
+    With several batches, the decoder :math:`f` also reads the cell's batch :math:`s_n` (one-hot), as in scVI, so
+    the latent state need not encode it; the encoder does not see the batch.
 
     Parameters
     ----------
@@ -70,15 +74,18 @@ class VAENetworks(nn.Module):
         Dimension of the latent space.
     n_hidden
         Width of the hidden layer of every network.
+    n_batch
+        Number of batches; with one, the decoder reads :math:`z` alone.
     """
 
-    def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128):
+    def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128, n_batch: int = 1):
         super().__init__()
         self.n_input = n_input
         self.n_latent = n_latent
+        self.n_batch = n_batch
         self.z_mean_encoder = one_hidden_layer_mlp(n_input, n_latent, n_hidden)
         self.z_var_encoder = one_hidden_layer_mlp(n_input, n_latent, n_hidden)
-        self.decoder = one_hidden_layer_mlp(n_latent, n_input, n_hidden)
+        self.decoder = one_hidden_layer_mlp(n_latent + (n_batch if n_batch > 1 else 0), n_input, n_hidden)
         self.log_theta = nn.Parameter(torch.randn(n_input))
 
     def posterior(self, x: torch.Tensor) -> Normal:
@@ -101,13 +108,34 @@ class VAENetworks(nn.Module):
         qz_v = var_output(hidden_var).exp() + VARIANCE_FLOOR
         return Normal(qz_m, qz_v.sqrt(), validate_args=False)
 
-    def log_rho(self, z: torch.Tensor) -> torch.Tensor:
-        r"""Log of the expression proportions :math:`\rho = \mathrm{softmax}(f(z))` over genes."""
-        return torch.log_softmax(self.decoder(z), dim=-1)
+    def decode(self, z: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's output (logits over genes) for latent codes ``z`` and, with several batches, their batch.
 
-    def likelihood(self, z: torch.Tensor, library: torch.Tensor) -> NegativeBinomialSoftmax:
-        r"""The observation model :math:`p(x \mid z, l)` for latent codes ``z`` and observed library sizes ``l``."""
-        return NegativeBinomialSoftmax(self.decoder(z), torch.log(library), self.log_theta, validate_args=False)
+        Parameters
+        ----------
+        z
+            Latent codes, cells × latent (with any leading sample dimensions).
+        batch_index
+            Batch code of each cell, cells × 1 (or cells); needed when there are several batches.
+        """
+        if self.n_batch == 1:
+            return self.decoder(z)
+        if batch_index is None:
+            raise ValueError(f"The decoder was built for {self.n_batch} batches; pass each cell's batch_index.")
+        one_hot = F.one_hot(batch_index.reshape(-1).long(), self.n_batch).to(z.dtype)
+        return self.decoder(torch.cat([z, one_hot.expand(*z.shape[:-1], self.n_batch)], dim=-1))
+
+    def log_rho(self, z: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
+        r"""Log of the expression proportions :math:`\rho = \mathrm{softmax}(f(z, s))` over genes."""
+        return torch.log_softmax(self.decode(z, batch_index), dim=-1)
+
+    def likelihood(
+        self, z: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None = None
+    ) -> NegativeBinomialSoftmax:
+        r"""The observation model :math:`p(x \mid z, l, s)` for latent codes, observed library sizes and batches."""
+        return NegativeBinomialSoftmax(
+            self.decode(z, batch_index), torch.log(library), self.log_theta, validate_args=False
+        )
 
     def prior(self, like: torch.Tensor) -> Normal:
         """The standard normal prior :math:`p(z)`, shaped like ``like``."""

@@ -10,7 +10,7 @@ from pyro import poutine
 from scvi import REGISTRY_KEYS
 from scvi.module.base import PyroBaseModuleClass
 
-from ._base import SharedNetworksMixin, observed_library
+from ._base import SharedNetworksMixin, batch_of, observed_library
 from ._networks import counts_for
 
 __all__ = ["PyroVAEModule"]
@@ -33,12 +33,14 @@ class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
         Dimension of the latent space.
     n_hidden
         Width of the hidden layer of every network.
+    n_batch
+        Number of batches the decoder is conditioned on (1: none).
     """
 
     @staticmethod
     def _get_fn_args_from_batch(tensor_dict: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], dict]:
         x = tensor_dict[REGISTRY_KEYS.X_KEY]
-        return (x, observed_library(x)), {}
+        return (x, observed_library(x), batch_of(tensor_dict)), {}
 
     @property
     def model(self) -> Callable[..., None]:
@@ -53,17 +55,21 @@ class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
     def _cell_plate(self, x: torch.Tensor):
         return pyro.plate("cells", size=x.shape[0], dim=-1)
 
-    def _model(self, x: torch.Tensor, library: torch.Tensor, kl_weight: float = 1.0) -> None:
+    def _model(
+        self, x: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None = None, kl_weight: float = 1.0
+    ) -> None:
         pyro.module("myvae_networks", self.networks)
         n_cells = x.shape[0]
         with self._cell_plate(x), poutine.scale(scale=1.0 / n_cells):
             prior = self.networks.prior(torch.zeros(n_cells, self.networks.n_latent, device=x.device))
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", prior.to_event(1))
-            px = self.likelihood(z, library)
+            px = self.likelihood(z, library, batch_index)
             pyro.sample("x", px.to_event(1), obs=counts_for(px, x))
 
-    def _guide(self, x: torch.Tensor, library: torch.Tensor, kl_weight: float = 1.0) -> None:
+    def _guide(
+        self, x: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None = None, kl_weight: float = 1.0
+    ) -> None:
         pyro.module("myvae_networks", self.networks)
         with self._cell_plate(x), poutine.scale(scale=1.0 / x.shape[0]), poutine.scale(scale=kl_weight):
             pyro.sample("z", self.networks.posterior(x).to_event(1))

@@ -6,7 +6,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from ._base import SharedNetworksMixin
+from ._base import SharedNetworksMixin, batch_of
 
 __all__ = ["TorchVAEModule"]
 
@@ -31,17 +31,21 @@ class TorchVAEModule(SharedNetworksMixin, BaseModuleClass):
         Dimension of the latent space.
     n_hidden
         Width of the hidden layer of every network.
+    n_batch
+        Number of batches the decoder is conditioned on (1: none).
     """
 
     def _get_generative_input(
         self, tensors: dict[str, torch.Tensor], inference_outputs: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        return {"z": inference_outputs["z"], "library": inference_outputs["library"]}
+        return {"z": inference_outputs["z"], "library": inference_outputs["library"], "batch_index": batch_of(tensors)}
 
     @auto_move_data
-    def generative(self, z: torch.Tensor, library: torch.Tensor) -> dict[str, torch.distributions.Distribution]:
-        """The likelihood ``px`` of the counts given latent codes and library sizes."""
-        return {"px": self.likelihood(z, library)}
+    def generative(
+        self, z: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None = None
+    ) -> dict[str, torch.distributions.Distribution]:
+        """The likelihood ``px`` of the counts given latent codes, library sizes and (if any) batches."""
+        return {"px": self.likelihood(z, library, batch_index)}
 
     def loss(
         self,

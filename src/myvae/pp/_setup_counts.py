@@ -7,7 +7,7 @@ from typing import Any
 from anndata import AnnData
 from mudata import MuData
 
-from myvae._checks import check_counts, check_obs_key, get_counts_matrix
+from myvae._checks import check_batch_column, check_counts, get_counts_matrix
 from myvae._data import copy_data, resolve_data
 
 __all__ = ["SETUP_KEY", "counts_location", "read_setup", "setup_counts"]
@@ -42,7 +42,7 @@ def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> Non
     """Check that ``layer`` (or ``X``) holds raw counts and that ``batch_key`` names an ``obs`` column."""
     counts = get_counts_matrix(adata, layer)
     if batch_key is not None:
-        check_obs_key(adata, batch_key, "batch_key")
+        check_batch_column(adata, batch_key)
     check_counts(counts, counts_location(layer))
 
 
@@ -70,8 +70,9 @@ def setup_counts(
     mod
         For a MuData: the modality holding the RNA counts (e.g. ``"rna"``); the record goes into that modality.
     batch_key
-        Column of ``adata.obs`` naming each cell's batch. It is recorded now; the model uses it from the release
-        that adds batch correction.
+        Column of ``adata.obs`` naming each cell's batch (sample, run, donor): labels (strings or categories),
+        or integers with few distinct values; no missing values. :func:`myvae.tl.myvae` then makes the decoder
+        conditional on the batch, so the latent space need not encode it (batch correction, as in scVI).
     copy
         Return a copy instead of writing to ``data``.
 
@@ -84,8 +85,8 @@ def setup_counts(
     Raises
     ------
     myvae.InputError
-        If the matrix does not hold raw counts, ``layer`` or ``batch_key`` does not exist, or ``mod`` is missing or
-        unknown for a MuData.
+        If the matrix does not hold raw counts, ``layer`` or ``batch_key`` does not exist, the batch column has
+        missing values or looks continuous, or ``mod`` is missing or unknown for a MuData.
 
     Examples
     --------

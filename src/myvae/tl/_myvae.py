@@ -39,14 +39,25 @@ logger = logging.getLogger(__name__)
 _VERSIONED_PACKAGES = ("myvae", "scvi-tools", "torch", "pyro-ppl", "anndata")
 
 
-def _training_anndata(adata: AnnData, layer: str | None) -> AnnData:
-    """A bare AnnData around the counts, so that scvi-tools' registration never touches the user's object."""
+def batch_labels(column: pd.Series) -> pd.Categorical:
+    """A batch column as categories named by strings, in the column's category order (sorted otherwise)."""
+    categorical = column if isinstance(column.dtype, pd.CategoricalDtype) else column.astype("category")
+    categorical = categorical.cat.remove_unused_categories()
+    return pd.Categorical(
+        categorical.astype(str), categories=[str(category) for category in categorical.cat.categories]
+    )
+
+
+def _training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
+    """A bare AnnData around the counts (and batches), so that scvi-tools' registration never touches the user's."""
     counts = get_counts_matrix(adata, layer)
     if sparse.issparse(counts):
         matrix = sparse.csr_matrix(counts, dtype=np.float32)
     else:
         matrix = np.asarray(counts, dtype=np.float32)
     obs = pd.DataFrame(index=adata.obs_names.copy())
+    if batch_key is not None:
+        obs[batch_key] = batch_labels(adata.obs[batch_key])
     var = pd.DataFrame(index=adata.var_names.copy())
     return AnnData(X=matrix, obs=obs, var=var)
 
@@ -82,6 +93,23 @@ def _storable(value: Any) -> Any:
     return repr(value)
 
 
+def _check_transform_batch(
+    adata: AnnData, batch_key: str | None, transform_batch: str | None, layer_added: str | None
+) -> None:
+    """Refuse a ``transform_batch`` that would do nothing or name no batch, before any training."""
+    if transform_batch is None:
+        return
+    if layer_added is None:
+        raise InputError("transform_batch= only shapes layer_added=; pass layer_added='...' too, or leave it out.")
+    if batch_key is None:
+        raise InputError(
+            "transform_batch= needs batches; set up the data with mv.pp.setup_counts(adata, batch_key=...)."
+        )
+    batches = list(batch_labels(adata.obs[batch_key]).categories)
+    if str(transform_batch) not in batches:
+        raise InputError(f"transform_batch={transform_batch!r} is not a batch of obs[{batch_key!r}]: {batches}.")
+
+
 def _reusable_model(model: MyVAE | str | PathLike, training_data: AnnData, accelerator: str) -> MyVAE:
     """The model to embed ``training_data`` with: the object itself, or the model saved in that folder."""
     if isinstance(model, MyVAE):
@@ -111,6 +139,7 @@ def myvae(
     key_added: str = "myvae",
     layer_added: str | None = None,
     library_size: float = 1e4,
+    transform_batch: str | None = None,
     model: MyVAE | str | PathLike | None = None,
     return_model: bool = False,
     progress: bool = True,
@@ -160,6 +189,9 @@ def myvae(
         expression proportions ρ, scaled to ``library_size`` counts per cell.
     library_size
         Counts per cell of ``layer_added``.
+    transform_batch
+        With batches (``batch_key`` given to :func:`~myvae.pp.setup_counts`): write ``layer_added`` as if every
+        cell came from this batch, which removes the batch effect from the expression.
     model
         A trained :class:`~myvae.MyVAE`, or the folder it was saved to: embed the cells with its encoder
         instead of training. The data must have the model's genes in the model's order; the training arguments
@@ -239,6 +271,7 @@ def myvae(
         check_key_added(layer_added, "layer_added")
     setup = read_setup(adata)
     check_setup(adata, setup["layer"], setup["batch_key"])
+    _check_transform_batch(adata, setup["batch_key"], transform_batch, layer_added)
     if model is not None and train_kwargs:
         raise InputError(
             f"Training arguments ({', '.join(train_kwargs)}) do nothing when model= reuses a trained model; "
@@ -252,7 +285,7 @@ def myvae(
     if isinstance(model, MyVAE):
         check_same_genes(model.adata.var_names, adata.var_names)
 
-    training_data = _training_anndata(adata, setup["layer"])
+    training_data = _training_anndata(adata, setup["layer"], setup["batch_key"])
     with quiet_training_logs():
         scvi.settings.seed = random_state
     if model is None:
@@ -263,7 +296,7 @@ def myvae(
             accelerator=accelerator,
             **train_kwargs,
         )
-        MyVAE.setup_anndata(training_data)
+        MyVAE.setup_anndata(training_data, batch_key=setup["batch_key"])
         trained = MyVAE(training_data, n_latent=n_latent, n_hidden=n_hidden, backend=backend)
         trained.train(**train_arguments, progress=progress)
         params = {"backend": backend, "n_latent": n_latent, "n_hidden": n_hidden, **_storable(train_arguments)}
@@ -281,7 +314,7 @@ def myvae(
         layers = {}
         if layer_added is not None:
             layers[layer_added] = trained.get_normalized_expression(
-                training_data, library_size=library_size, return_numpy=True
+                training_data, library_size=library_size, transform_batch=transform_batch, return_numpy=True
             ).astype(np.float32)
     if not np.isfinite(embedding).all():
         raise TrainingDivergedError(
@@ -294,9 +327,14 @@ def myvae(
         {
             "random_state": random_state,
             "counts": counts_location(setup["layer"]),
+            **({"batch_key": setup["batch_key"], "batches": trained.batch_categories} if setup["batch_key"] else {}),
             "pretrained": model is not None,
             "epochs_trained": len(history.get("elbo_train", ())),
-            "outputs": {"obsm": obsm_key, **({"layers": layer_added, "library_size": library_size} if layers else {})},
+            "outputs": {
+                "obsm": obsm_key,
+                **({"layers": layer_added, "library_size": library_size} if layers else {}),
+                **({"transform_batch": transform_batch} if layers and transform_batch is not None else {}),
+            },
             "versions": {package: version(package) for package in _VERSIONED_PACKAGES},
         }
     )

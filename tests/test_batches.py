@@ -1,0 +1,98 @@
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import assert_finite, fast_train_kwargs
+
+import myvae as mv
+from myvae import InputError
+
+
+@pytest.fixture
+def two_batch_adata(small_adata):
+    small_adata.obs["sample"] = pd.Categorical(np.where(np.arange(small_adata.n_obs) % 2, "donor_b", "donor_a"))
+    return small_adata
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_a_batch_key_conditions_the_decoder_and_is_recorded(two_batch_adata, backend):
+    mv.pp.setup_counts(two_batch_adata, batch_key="sample")
+    model = mv.tl.myvae(two_batch_adata, backend=backend, return_model=True, **fast_train_kwargs(max_epochs=3))
+    assert model.n_batch == 2 and model.batch_categories == ["donor_a", "donor_b"]
+    assert model.module.networks.decoder[0].in_features == model.n_latent + 2
+    assert two_batch_adata.obsm["X_myvae"].shape == (two_batch_adata.n_obs, 10)
+    assert_finite(two_batch_adata.obsm["X_myvae"])
+    params = two_batch_adata.uns["myvae"]["params"]
+    assert params["batch_key"] == "sample" and list(params["batches"]) == ["donor_a", "donor_b"]
+    assert "_scvi_batch" not in two_batch_adata.obs  # scvi-tools' registration happened on a private copy
+
+
+def test_transform_batch_writes_expression_as_if_from_one_batch(two_batch_adata):
+    mv.pp.setup_counts(two_batch_adata, batch_key="sample")
+    mv.tl.myvae(two_batch_adata, layer_added="as_a", transform_batch="donor_a", **fast_train_kwargs(max_epochs=3))
+    model = mv.tl.myvae(
+        two_batch_adata, layer_added="own", key_added="again", return_model=True, **fast_train_kwargs(max_epochs=3)
+    )
+    assert two_batch_adata.uns["myvae"]["params"]["outputs"]["transform_batch"] == "donor_a"
+    np.testing.assert_allclose(two_batch_adata.layers["as_a"].sum(axis=1), 1e4, rtol=1e-4)
+    as_b = model.get_normalized_expression(transform_batch="donor_b", return_numpy=True)
+    own = model.get_normalized_expression(return_numpy=True)
+    in_b = two_batch_adata.obs["sample"].to_numpy() == "donor_b"
+    # cells of batch b are decoded as themselves either way (up to the posterior draws); batch a cells are not
+    np.testing.assert_allclose(as_b[in_b].mean(axis=0), own[in_b].mean(axis=0), rtol=0.05, atol=1e-2)
+    assert not np.allclose(as_b[~in_b], own[~in_b], rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        (lambda n: np.where(np.arange(n) < 3, None, "a"), r"3 cells have no batch \(NaN\)"),
+        (lambda n: np.linspace(0, 1, n), "holds non-integer numbers"),
+        (lambda n: np.arange(n), "numeric with 80 distinct values, which looks like a continuous covariate"),
+    ],
+    ids=["missing", "fractional", "continuous"],
+)
+def test_bad_batch_columns_are_refused_with_the_fix(small_adata, unchanged, column, message):
+    small_adata.obs["batch"] = column(small_adata.n_obs)
+    with unchanged(small_adata), pytest.raises(InputError, match=message):
+        mv.pp.setup_counts(small_adata, batch_key="batch")
+
+
+def test_integer_batch_numbers_are_categories(small_adata):
+    small_adata.obs["run"] = np.arange(small_adata.n_obs) % 3
+    mv.pp.setup_counts(small_adata, batch_key="run")
+    model = mv.tl.myvae(small_adata, return_model=True, **fast_train_kwargs(max_epochs=2))
+    assert model.batch_categories == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"transform_batch": "donor_a"}, "only shapes layer_added"),
+        ({"transform_batch": "donor_z", "layer_added": "x"}, "is not a batch of obs\\['sample'\\]"),
+    ],
+)
+def test_transform_batch_is_checked_before_training(two_batch_adata, unchanged, kwargs, message):
+    mv.pp.setup_counts(two_batch_adata, batch_key="sample")
+    with unchanged(two_batch_adata), pytest.raises(InputError, match=message):
+        mv.tl.myvae(two_batch_adata, **fast_train_kwargs(), **kwargs)
+
+
+def test_transform_batch_needs_batches(small_adata, unchanged):
+    mv.pp.setup_counts(small_adata)
+    with unchanged(small_adata), pytest.raises(InputError, match="needs batches"):
+        mv.tl.myvae(small_adata, layer_added="x", transform_batch="a", **fast_train_kwargs())
+
+
+def test_a_batched_model_saves_loads_and_refuses_unknown_batches(two_batch_adata, tmp_path):
+    mv.pp.setup_counts(two_batch_adata, batch_key="sample")
+    model = mv.tl.myvae(two_batch_adata, return_model=True, **fast_train_kwargs(max_epochs=2))
+    model.save(tmp_path / "model")
+    reversed_cells = two_batch_adata[::-1].copy()
+    mv.tl.myvae(reversed_cells, model=tmp_path / "model", progress=False)
+    np.testing.assert_allclose(
+        reversed_cells.obsm["X_myvae"][::-1], two_batch_adata.obsm["X_myvae"], rtol=1e-5, atol=1e-5
+    )
+    other = two_batch_adata.copy()
+    other.obs["sample"] = "donor_c"
+    with pytest.raises(InputError, match="batches the model was not trained on \\(donor_c\\)"):
+        mv.MyVAE.load(tmp_path / "model", adata=other)
