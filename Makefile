@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint docs tutorials package bench clean
+.PHONY: demo test lint docs tutorials package bench bench-quality clean
 
 $(BIN)/.myvae-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ package: $(BIN)/.myvae-installed
 # Training throughput against scvi-tools (about 20 minutes; BENCH_ARGS=--quick for under two).
 bench: $(BIN)/.myvae-installed
 	$(BIN)/python benchmarks/train_throughput.py $(BENCH_ARGS)
+
+# Embedding quality and batch correction against scvi-tools, scored by scib-metrics (installs the bench extra).
+bench-quality: $(BIN)/.myvae-installed
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/quality.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) myvae-demo .pytest_cache build dist docs/_build docs/generated .tutorials-run .package-venv

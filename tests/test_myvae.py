@@ -147,3 +147,17 @@ def test_mudata_without_mod_lists_the_modalities(small_adata):
 def test_bad_arguments(small_adata, unchanged, kwargs, message):
     with unchanged(small_adata), pytest.raises(mv.InputError, match=message):
         mv.tl.myvae(small_adata, **kwargs)
+
+
+def test_fit_metrics_are_recorded(small_adata, tmp_path):
+    model = mv.tl.myvae(small_adata, return_model=True, **fast_train_kwargs(max_epochs=3))
+    metrics = small_adata.uns["myvae"]["metrics"]
+    assert metrics["final_elbo_validation"] == small_adata.uns["myvae"]["history"]["elbo_validation"][-1]
+    assert metrics["final_elbo_train"] == small_adata.uns["myvae"]["history"]["elbo_train"][-1]
+    assert metrics["reconstruction_error_validation"] > 0
+    # the held-out ELBO is the reconstruction term plus the KL term, so it is below minus the reconstruction error
+    assert metrics["final_elbo_validation"] < 0
+    model.save(tmp_path / "model")
+    reused = small_adata.copy()
+    mv.tl.myvae(reused, model=tmp_path / "model", progress=False)
+    assert set(reused.uns["myvae"]["metrics"]) == {"elbo", "reconstruction_error"}

@@ -528,7 +528,7 @@ class MyVAE(VAEMixin, BaseModelClass):
     def get_elbo(
         self, adata: AnnData | None = None, indices: Sequence[int] | None = None, *, batch_size: int | None = None
     ) -> float:
-        """The ELBO per cell on the given cells (higher is better; scvi-tools' ``get_elbo`` returns its negative).
+        """The ELBO per cell on the given cells (higher is better), as scvi-tools' ``get_elbo`` returns it.
 
         Parameters
         ----------

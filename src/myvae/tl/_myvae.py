@@ -71,6 +71,25 @@ def _history_as_elbo(model: MyVAE) -> dict[str, np.ndarray]:
     }
 
 
+def _fit_metrics(
+    model: MyVAE, training_data: AnnData, history: dict[str, np.ndarray], *, pretrained: bool
+) -> dict[str, float]:
+    """How well the model fits: final training and held-out ELBO and held-out reconstruction error per cell.
+
+    For a reused model, the ELBO and reconstruction error of the cells it embedded.
+    """
+    if pretrained:
+        return {
+            "elbo": model.get_elbo(training_data),
+            "reconstruction_error": model.get_reconstruction_error(training_data)["reconstruction_loss"],
+        }
+    metrics = {f"final_{key}": float(values[-1]) for key, values in history.items() if len(values)}
+    if len(model.validation_indices):
+        error = model.get_reconstruction_error(training_data, indices=model.validation_indices)
+        metrics["reconstruction_error_validation"] = error["reconstruction_loss"]
+    return metrics
+
+
 def _resolved_train_arguments(**train_kwargs: Any) -> dict[str, Any]:
     """Every argument of :meth:`MyVAE.train` that shapes the result, defaults filled in (not ``progress``)."""
     bound = inspect.signature(MyVAE.train).bind(None, **train_kwargs)
@@ -221,6 +240,10 @@ def myvae(
     ``adata.uns[key_added]["history"]``
         ``elbo_train`` and ``elbo_validation``: the ELBO per cell at each epoch, on the training and the
         held-out cells (higher is better).
+    ``adata.uns[key_added]["metrics"]``
+        How well the model fits: ``final_elbo_train``, ``final_elbo_validation`` and
+        ``reconstruction_error_validation`` (per cell, on the held-out cells; lower is better); for a reused
+        model, ``elbo`` and ``reconstruction_error`` of the embedded cells.
     ``adata.uns["myvae_setup"]``
         The setup record, if the AnnData had none (counts in ``adata.X``).
     ``mdata.obsm[f"X_{key_added}"]``
@@ -322,6 +345,8 @@ def myvae(
             "again with a lower learning rate (lr=). Nothing was written to the data."
         )
     history = _history_as_elbo(trained)
+    with quiet_training_logs():
+        metrics = _fit_metrics(trained, training_data, history, pretrained=model is not None)
     obsm_key = f"X_{key_added}"
     params.update(
         {
@@ -345,7 +370,7 @@ def myvae(
         logger.warning("Overwriting adata.obsm[%r] with the new myvae embedding.", obsm_key)
     adata.obsm[obsm_key] = embedding
     adata.layers.update(layers)
-    adata.uns[key_added] = {"params": params, "history": history}
+    adata.uns[key_added] = {"params": params, "history": history, "metrics": metrics}
     if SETUP_KEY not in adata.uns:
         adata.uns[SETUP_KEY] = {}
     if mdata is not None:

@@ -1,0 +1,269 @@
+"""Embedding quality and batch correction of myvae against scvi-tools' SCVI and PCA, scored by scib-metrics.
+
+Data sets (2,000 highly variable genes each):
+
+- ``pbmc3k``: PBMC 3k with its cell-type annotation (one batch: biology conservation only);
+- ``pbmc3k_two_batches``: PBMC 3k split at random into two batches, with a gene-wise batch effect applied to the
+  counts of the second: every gene's counts are redrawn as Poisson(x · f_g · d) with a fold change
+  f_g = exp(N(0, 0.5²)) per gene and a depth factor d = 0.7 for the whole batch (cell types known: biology and
+  batch metrics);
+- ``kang2017``: 1,000 control and 1,000 interferon-β-stimulated PBMCs (Kang et al. 2017) from ``../shared/data``,
+  labelled only by condition (batch metrics only).
+
+Methods, each with its defaults: ``PCA`` (50 components of log-normalised counts), scvi-tools ``SCVI``
+(``n_layers=1, n_hidden=128, n_latent=10``, with the batch key), and myvae with both backends (batch key given to
+``setup_counts``). scib-metrics' ``Benchmarker`` scores the embeddings (unscaled); the held-out ELBO per cell is
+computed on the same 10% of cells for SCVI and myvae.
+
+    python benchmarks/quality.py          # about 15 minutes on 2 cores (`make bench-quality`)
+    python benchmarks/quality.py --quick  # the PBMC two-batch set only (about 5 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("PCA", "scvi_SCVI", "myvae_torch", "myvae_pyro")
+N_LATENT, N_HIDDEN = 10, 128
+SEED = 0
+
+
+# ---------------------------------------------------------------- data ----------------------------------------------
+
+
+def _hvg(adata, batch_key: str | None = None):
+    import scanpy as sc
+
+    sc.pp.filter_cells(adata, min_counts=1)
+    sc.pp.filter_genes(adata, min_cells=3)
+    sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat_v3", batch_key=batch_key, subset=True)
+    sc.pp.filter_cells(adata, min_counts=1)
+    return adata
+
+
+def pbmc3k():
+    """PBMC 3k's annotated cells and 2,000 highly variable genes."""
+    import myvae as mv
+
+    adata = mv.datasets.pbmc3k()
+    adata = adata[adata.obs["cell_type"].notna()].copy()
+    adata.obs["batch"] = "pbmc3k"
+    return _hvg(adata)
+
+
+def with_batch_effect(adata, seed: int = SEED, sigma: float = 0.5, depth: float = 0.7):
+    """Split the cells at random into two batches and redraw the second's counts with a gene-wise batch effect."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    adata = adata.copy()
+    second = rng.random(adata.n_obs) < 0.5
+    adata.obs["batch"] = np.where(second, "batch_2", "batch_1")
+    fold_change = np.exp(rng.normal(0.0, sigma, size=adata.n_vars)) * depth
+    counts = sparse.csr_matrix(adata.X, dtype=np.float32)
+    rows = counts[second].tocoo()
+    redrawn = rng.poisson(rows.data * fold_change[rows.col]).astype(np.float32)
+    shifted = sparse.csr_matrix((redrawn, (rows.row, rows.col)), shape=rows.shape)
+    shifted.eliminate_zeros()
+    counts = sparse.vstack([counts[~second], shifted]).tocsr()
+    order = np.concatenate([np.flatnonzero(~second), np.flatnonzero(second)])
+    adata = adata[order].copy()
+    adata.X = counts
+    return adata[np.asarray(counts.sum(axis=1)).ravel() > 0].copy()
+
+
+def kang2017(data_dir: Path):
+    """Kang et al. 2017, control and stimulated PBMCs, labelled only by condition."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(data_dir / "kang2017_ctrl_stim_2000.h5ad")
+    adata.obs["cell_type"] = "unlabelled"
+    return _hvg(adata, batch_key="batch")
+
+
+# ---------------------------------------------------------------- methods -------------------------------------------
+
+
+def embed(method: str, adata, batch_key: str | None) -> dict:
+    """Train ``method`` on ``adata`` with its defaults; the embedding, held-out ELBO per cell and seconds."""
+    import scanpy as sc
+    import scvi
+
+    import myvae as mv
+
+    scvi.settings.seed = SEED
+    start = time.perf_counter()
+    if method == "PCA":
+        normalised = adata.copy()
+        sc.pp.normalize_total(normalised)
+        sc.pp.log1p(normalised)
+        sc.pp.pca(normalised, n_comps=50, random_state=SEED)
+        return {"embedding": normalised.obsm["X_pca"], "heldout_elbo": None, "seconds": time.perf_counter() - start}
+    if method == "scvi_SCVI":
+        data = adata.copy()
+        scvi.model.SCVI.setup_anndata(data, batch_key=batch_key)
+        model = scvi.model.SCVI(data, n_layers=1, n_hidden=N_HIDDEN, n_latent=N_LATENT)
+        model.train(accelerator="cpu", enable_progress_bar=False)
+    else:
+        data = adata.copy()
+        mv.pp.setup_counts(data, batch_key=batch_key)
+        model = mv.tl.myvae(data, backend=method.split("_")[1], return_model=True, progress=False, accelerator="cpu")
+    seconds = time.perf_counter() - start
+    return {
+        "embedding": model.get_latent_representation(),
+        "heldout_elbo": float(model.get_elbo(indices=model.validation_indices)),
+        "seconds": seconds,
+        "epochs": len(model.history["elbo_train"]),
+    }
+
+
+def score(adata, embeddings: dict[str, np.ndarray], bio: bool, batch: bool) -> dict[str, dict[str, float]]:
+    """scib-metrics' unscaled scores of each embedding: every metric, the two aggregates and the total."""
+    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
+
+    for key, embedding in embeddings.items():
+        adata.obsm[key] = np.asarray(embedding, dtype=np.float32)
+    benchmarker = Benchmarker(
+        adata,
+        batch_key="batch",
+        label_key="cell_type",
+        embedding_obsm_keys=list(embeddings),
+        bio_conservation_metrics=BioConservation() if bio else None,
+        batch_correction_metrics=BatchCorrection() if batch else None,
+        pre_integrated_embedding_obsm_key="PCA" if batch else None,
+        n_jobs=2,
+        progress_bar=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        benchmarker.benchmark()
+    table = benchmarker.get_results(min_max_scale=False)
+    table = table.drop(index="Metric Type", errors="ignore")
+    return {method: {column: float(value) for column, value in row.items()} for method, row in table.iterrows()}
+
+
+# ---------------------------------------------------------------- driver -------------------------------------------
+
+
+def run_dataset(name: str, adata, batch_key: str | None, bio: bool, batch: bool) -> dict:
+    """Every method on one data set, scored."""
+    adata.obs["batch"] = adata.obs["batch"].astype(str).astype("category")
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str).astype("category")
+    results = {method: embed(method, adata, batch_key) for method in METHODS}
+    scores = score(adata, {method: result.pop("embedding") for method, result in results.items()}, bio, batch)
+    for method, result in results.items():
+        result["scib"] = scores[method]
+    entry = {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "batch_key": batch_key, "results": results}
+    _print_dataset(name, entry)
+    return entry
+
+
+def _print_dataset(name: str, entry: dict) -> None:
+    print(f"\n{name}: {entry['n_cells']} cells × {entry['n_genes']} genes")
+    for method, result in entry["results"].items():
+        scib = result["scib"]
+        aggregates = {key: scib[key] for key in ("Bio conservation", "Batch correction", "Total") if key in scib}
+        elbo = "" if result["heldout_elbo"] is None else f"held-out ELBO {result['heldout_elbo']:.2f}"
+        shown = "  ".join(f"{key} {value:.3f}" for key, value in aggregates.items())
+        print(f"  {method:<12} {shown}  {elbo}  ({result['seconds']:.0f} s)")
+
+
+def markdown_report(report: dict) -> str:
+    """The scores as Markdown tables, one per data set (included by the docs)."""
+    lines = []
+    for name, entry in report["datasets"].items():
+        methods = list(entry["results"])
+        metrics = [key for key in entry["results"][methods[0]]["scib"]]
+        lines += [
+            f"**{name}**: {entry['n_cells']:,} cells × {entry['n_genes']:,} genes"
+            + (f", batch key `{entry['batch_key']}`" if entry["batch_key"] else "")
+            + ".",
+            "",
+            "| metric | " + " | ".join(methods) + " |",
+            "|---|" + "---:|" * len(methods),
+        ]
+        for metric in metrics:
+            values = [entry["results"][method]["scib"][metric] for method in methods]
+            lines.append(f"| {metric} | " + " | ".join(f"{value:.3f}" for value in values) + " |")
+        elbos = [entry["results"][method]["heldout_elbo"] for method in methods]
+        lines.append("| held-out ELBO per cell | " + " | ".join("—" if e is None else f"{e:.2f}" for e in elbos) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def targets_report(report: dict) -> str:
+    """The quality targets, each with the figures this run measured and whether it is met, as Markdown."""
+    rows = ["| target | data set | myvae torch | myvae Pyro | SCVI | met |", "|---|---|---:|---:|---:|:---:|"]
+
+    def add(target: str, name: str, key: str, higher_is_better: bool = True) -> None:
+        results = report["datasets"].get(name, {}).get("results")
+        if not results:
+            return
+        value = {method: _value(results[method], key) for method in ("myvae_torch", "myvae_pyro", "scvi_SCVI")}
+        if higher_is_better:
+            met = value["myvae_torch"] >= value["scvi_SCVI"] and value["myvae_pyro"] >= value["scvi_SCVI"]
+        else:
+            met = value["myvae_torch"] <= value["scvi_SCVI"] and value["myvae_pyro"] <= value["scvi_SCVI"]
+        shown = " | ".join(f"{value[method]:.3f}" for method in value)
+        rows.append(f"| {target} | {name} | {shown} | {'yes' if met else '**no**'} |")
+
+    add("total scib score ≥ SCVI's", "pbmc3k_two_batches", "Total")
+    add("batch correction score ≥ SCVI's", "kang2017", "Batch correction")
+    add("held-out ELBO per cell ≥ SCVI's (negative ELBO ≤)", "pbmc3k", "heldout_elbo")
+    for name, entry in report["datasets"].items():
+        torch_elbo = entry["results"]["myvae_torch"]["heldout_elbo"]
+        pyro_elbo = entry["results"]["myvae_pyro"]["heldout_elbo"]
+        gap = abs(torch_elbo - pyro_elbo) / abs(torch_elbo)
+        rows.append(
+            f"| the backends' held-out ELBO within 1% | {name} | {torch_elbo:.2f} | {pyro_elbo:.2f} | — | "
+            f"{'yes' if gap <= 0.01 else '**no**'} ({gap:.2%}) |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _value(result: dict, key: str) -> float:
+    return result["heldout_elbo"] if key == "heldout_elbo" else result["scib"][key]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the PBMC two-batch set only")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    args = parser.parse_args(argv)
+
+    pbmc = pbmc3k()
+    report = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "quick": args.quick,
+        "datasets": {},
+    }
+    if not args.quick:
+        report["datasets"]["pbmc3k"] = run_dataset("pbmc3k", pbmc.copy(), None, bio=True, batch=False)
+    report["datasets"]["pbmc3k_two_batches"] = run_dataset(
+        "pbmc3k_two_batches", with_batch_effect(pbmc), "batch", bio=True, batch=True
+    )
+    if not args.quick and (args.data_dir / "kang2017_ctrl_stim_2000.h5ad").exists():
+        report["datasets"]["kang2017"] = run_dataset(
+            "kang2017", kang2017(args.data_dir), "batch", bio=False, batch=True
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown_report(report))
+    args.out.with_name(args.out.stem + "_targets.md").write_text(targets_report(report))
+    print(f"\nwrote {args.out} and its Markdown tables")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
