@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint docs tutorials package bench bench-quality clean
+.PHONY: demo test lint docs tutorials package bench bench-quality napari-screenshot clean
 
 $(BIN)/.myvae-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,8 @@ package: $(BIN)/.myvae-installed
 	.package-venv/bin/python -m pip check
 	cd /tmp && $(CURDIR)/.package-venv/bin/python -c "import myvae as mv; assert mv.datasets.pbmc3k().n_obs == 2700; assert mv.datasets.pbmc_cite().n_obs == 400; print('wheel OK:', mv.__version__)"
 	.package-venv/bin/myvae --help > /dev/null
+	.package-venv/bin/python -c "from importlib.metadata import entry_points; from importlib.resources import files; \
+		(ep,) = entry_points(group='napari.manifest', name='myvae'); assert files('myvae._napari').joinpath('napari.yaml').is_file(); print('napari manifest:', ep.value)"
 
 # Training throughput against scvi-tools (about 20 minutes; BENCH_ARGS=--quick for under two).
 bench: $(BIN)/.myvae-installed
@@ -56,6 +58,10 @@ bench: $(BIN)/.myvae-installed
 bench-quality: $(BIN)/.myvae-installed
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/quality.py $(BENCH_ARGS)
+
+# The napari widget's screenshot in the docs (needs Xvfb, Mesa and Qt's X11 libraries; see docs/napari.md).
+napari-screenshot: $(BIN)/.myvae-installed
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python docs/_scripts/napari_screenshot.py
 
 clean:
 	rm -rf $(VENV) myvae-demo .pytest_cache build dist docs/_build docs/generated .tutorials-run .package-venv

@@ -182,7 +182,7 @@ def markdown_report(report: dict) -> str:
     lines = []
     for name, entry in report["datasets"].items():
         methods = list(entry["results"])
-        metrics = [key for key in entry["results"][methods[0]]["scib"]]
+        metrics = list(entry["results"][methods[0]]["scib"])
         lines += [
             f"**{name}**: {entry['n_cells']:,} cells × {entry['n_genes']:,} genes"
             + (f", batch key `{entry['batch_key']}`" if entry["batch_key"] else "")

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import anndata as ad
@@ -5,6 +6,9 @@ import pytest
 from anndata.tests.helpers import assert_equal
 
 DATA = Path(__file__).parent / "data"
+
+# The napari tests run without a screen: Qt draws offscreen.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 @pytest.fixture

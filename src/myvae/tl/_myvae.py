@@ -91,15 +91,18 @@ def _fit_metrics(
 
 
 def _resolved_train_arguments(**train_kwargs: Any) -> dict[str, Any]:
-    """Every argument of :meth:`MyVAE.train` that shapes the result, defaults filled in (not ``progress``)."""
+    """Every argument of :meth:`MyVAE.train` that shapes the result, defaults filled in.
+
+    Not ``progress`` nor Lightning ``callbacks``: they only watch.
+    """
     bound = inspect.signature(MyVAE.train).bind(None, **train_kwargs)
     bound.apply_defaults()
     arguments = dict(bound.arguments)
     if arguments["lr"] is None:
         arguments["lr"] = default_learning_rate(arguments["batch_size"])
     arguments.update(arguments.pop("trainer_kwargs"))
-    for name in ("self", "progress"):
-        arguments.pop(name)
+    for name in ("self", "progress", "callbacks"):
+        arguments.pop(name, None)
     return arguments
 
 
