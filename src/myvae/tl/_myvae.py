@@ -37,6 +37,8 @@ __all__ = ["myvae"]
 logger = logging.getLogger(__name__)
 
 _VERSIONED_PACKAGES = ("myvae", "scvi-tools", "torch", "pyro-ppl", "anndata")
+_WATCHERS = ("callbacks",)
+"""Training arguments that watch the training without shaping the result: not recorded in ``params``."""
 
 
 def batch_labels(column: pd.Series) -> pd.Categorical:
@@ -91,18 +93,15 @@ def _fit_metrics(
 
 
 def _resolved_train_arguments(**train_kwargs: Any) -> dict[str, Any]:
-    """Every argument of :meth:`MyVAE.train` that shapes the result, defaults filled in.
-
-    Not ``progress`` nor Lightning ``callbacks``: they only watch.
-    """
+    """Every argument of :meth:`MyVAE.train` that shapes the result, defaults filled in (not ``progress``)."""
     bound = inspect.signature(MyVAE.train).bind(None, **train_kwargs)
     bound.apply_defaults()
     arguments = dict(bound.arguments)
     if arguments["lr"] is None:
         arguments["lr"] = default_learning_rate(arguments["batch_size"])
     arguments.update(arguments.pop("trainer_kwargs"))
-    for name in ("self", "progress", "callbacks"):
-        arguments.pop(name, None)
+    for name in ("self", "progress"):
+        arguments.pop(name)
     return arguments
 
 
@@ -325,7 +324,8 @@ def myvae(
         MyVAE.setup_anndata(training_data, batch_key=setup["batch_key"])
         trained = MyVAE(training_data, n_latent=n_latent, n_hidden=n_hidden, backend=backend)
         trained.train(**train_arguments, progress=progress)
-        params = {"backend": backend, "n_latent": n_latent, "n_hidden": n_hidden, **_storable(train_arguments)}
+        recorded = {name: value for name, value in train_arguments.items() if name not in _WATCHERS}
+        params = {"backend": backend, "n_latent": n_latent, "n_hidden": n_hidden, **_storable(recorded)}
     else:
         trained = _reusable_model(model, training_data, accelerator)
         params = {
