@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from anndata import AnnData
 from scipy import sparse
 
 __all__ = [
+    "CountsSummary",
     "InputError",
     "MIN_CELLS",
     "check_anndata",
@@ -122,6 +124,84 @@ def _stored_values(matrix: Any) -> np.ndarray:
     return np.asarray(matrix)
 
 
+@dataclass
+class CountsSummary:
+    """What :func:`check_counts` needs to know about a matrix, summed over the row chunks it was read in.
+
+    Attributes
+    ----------
+    dtype
+        Data type of the stored values.
+    n_not_finite
+        NaN or infinite values.
+    minimum
+        Smallest stored value (0 when nothing is stored).
+    non_integer
+        Whether some value is not a whole number.
+    n_empty
+        Cells (rows) with zero total counts.
+    """
+
+    dtype: np.dtype
+    n_not_finite: int = 0
+    minimum: float = 0.0
+    non_integer: bool = False
+    n_empty: int = 0
+
+    @classmethod
+    def of(cls, matrix: Any, where: str) -> CountsSummary:
+        """Summarise ``matrix`` (cells × genes, NumPy or SciPy sparse); refuse other types and shapes at once."""
+        if not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray)):
+            raise InputError(
+                f"{where} is a {type(matrix).__name__}; myvae takes a NumPy array or a SciPy sparse matrix of counts."
+            )
+        if matrix.ndim != 2 or matrix.shape[1] == 0:
+            raise InputError(f"{where} has shape {matrix.shape}; it needs at least one cell and one gene.")
+        values = _stored_values(matrix)
+        if values.dtype == bool or not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+            raise InputError(f"{where} has dtype {values.dtype}; it must hold counts as integers or floats.")
+        summary = cls(values.dtype, minimum=float(values.min()) if values.size else 0.0)
+        if np.issubdtype(values.dtype, np.floating):
+            finite = np.isfinite(values)
+            summary.n_not_finite = int(np.count_nonzero(~finite))
+            summary.non_integer = not np.array_equal(values[finite], np.round(values[finite]))
+        totals = np.asarray(matrix.sum(axis=1)).ravel()
+        summary.n_empty = int(np.count_nonzero(totals == 0))
+        return summary
+
+    def __add__(self, other: CountsSummary) -> CountsSummary:
+        return CountsSummary(
+            self.dtype,
+            self.n_not_finite + other.n_not_finite,
+            min(self.minimum, other.minimum),
+            self.non_integer or other.non_integer,
+            self.n_empty + other.n_empty,
+        )
+
+    def raise_for_problems(self, where: str) -> None:
+        """Raise an :class:`InputError` naming the first problem and its fix, if the summary shows one."""
+        if self.n_not_finite:
+            raise InputError(
+                f"{where} holds {self.n_not_finite} NaN or infinite values; pass a matrix of raw counts "
+                "(e.g. layer='counts'), or fix or remove the affected cells."
+            )
+        if self.minimum < 0:
+            raise InputError(
+                f"{where} holds negative values (minimum {self.minimum:g}); it looks scaled or centred. "
+                "Pass the raw counts, e.g. layer='counts'."
+            )
+        if self.non_integer:
+            raise InputError(
+                f"{where} holds non-integer values (it looks log-normalised); pass layer='counts' or the raw counts "
+                "(for example, keep `adata.layers['counts'] = adata.X.copy()` before normalising)."
+            )
+        if self.n_empty:
+            raise InputError(
+                f"{self.n_empty} cells have zero total counts in {where}; remove them first with "
+                "`sc.pp.filter_cells(adata, min_counts=1)`."
+            )
+
+
 def check_counts(matrix: Any, where: str) -> None:
     """Check that ``matrix`` holds raw counts: finite, non-negative integers, and no cell without counts.
 
@@ -132,40 +212,10 @@ def check_counts(matrix: Any, where: str) -> None:
     where
         How the user names the matrix (``"adata.X"``, ``"adata.layers['counts']"``), for the messages.
     """
-    if not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray)):
-        raise InputError(
-            f"{where} is a {type(matrix).__name__}; myvae takes a NumPy array or a SciPy sparse matrix of counts."
-        )
-    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
+    summary = CountsSummary.of(matrix, where)
+    if matrix.shape[0] == 0:
         raise InputError(f"{where} has shape {matrix.shape}; it needs at least one cell and one gene.")
-    values = _stored_values(matrix)
-    if values.dtype == bool or not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
-        raise InputError(f"{where} has dtype {values.dtype}; it must hold counts as integers or floats.")
-    if np.issubdtype(values.dtype, np.floating):
-        n_not_finite = int(np.count_nonzero(~np.isfinite(values)))
-        if n_not_finite:
-            raise InputError(
-                f"{where} holds {n_not_finite} NaN or infinite values; pass a matrix of raw counts "
-                "(e.g. layer='counts'), or fix or remove the affected cells."
-            )
-    minimum = values.min() if values.size else 0
-    if minimum < 0:
-        raise InputError(
-            f"{where} holds negative values (minimum {minimum:g}); it looks scaled or centred. "
-            "Pass the raw counts, e.g. layer='counts'."
-        )
-    if np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values)):
-        raise InputError(
-            f"{where} holds non-integer values (it looks log-normalised); pass layer='counts' or the raw counts "
-            "(for example, keep `adata.layers['counts'] = adata.X.copy()` before normalising)."
-        )
-    totals = np.asarray(matrix.sum(axis=1)).ravel()
-    n_empty = int(np.count_nonzero(totals == 0))
-    if n_empty:
-        raise InputError(
-            f"{n_empty} cells have zero total counts in {where}; remove them first with "
-            "`sc.pp.filter_cells(adata, min_counts=1)`."
-        )
+    summary.raise_for_problems(where)
 
 
 def check_positive_int(value: Any, argument: str, *, allow_none: bool = False) -> None:
