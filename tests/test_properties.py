@@ -161,18 +161,3 @@ def test_myvae_succeeds_with_finite_results_or_raises_a_documented_error(case, b
     after = fingerprint(adata)
     assert set(after) - set(before) == {"obsm/X_myvae", "uns/myvae"}
     assert {key: after[key] for key in before} == before
-
-
-@pytest.mark.parametrize("function", [mv.pp.setup_counts, mv.tl.myvae])
-def test_backed_anndata_is_refused_with_the_fix(small_adata, function):
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "backed.h5ad"
-        small_adata.write_h5ad(path)
-        backed = ad.read_h5ad(path, backed="r")
-        try:
-            with pytest.raises(
-                InputError, match=r"backed mode; load it into memory first with `adata = adata.to_memory\(\)`"
-            ):
-                function(backed)
-        finally:
-            backed.file.close()

@@ -101,11 +101,3 @@ def test_mudata_needs_an_existing_modality(small_adata):
 def test_not_anndata_is_refused(small_adata):
     with pytest.raises(mv.InputError, match="expects an AnnData"):
         mv.pp.setup_counts(small_adata.X)
-
-
-def test_backed_anndata_is_refused(small_adata, tmp_path):
-    small_adata.write_h5ad(tmp_path / "backed.h5ad")
-    backed = ad.read_h5ad(tmp_path / "backed.h5ad", backed="r")
-    with pytest.raises(mv.InputError, match=r"backed mode.*to_memory"):
-        mv.pp.setup_counts(backed)
-    backed.file.close()

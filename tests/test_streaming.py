@@ -76,16 +76,29 @@ def test_an_epoch_streams_every_training_cell_once_with_bounded_memory(small_ada
     train_idx, val_idx = split_indices(80, 0.9, 3)
     np.testing.assert_array_equal(module.train_idx, train_idx)
 
-    first = _cells_of(module.train_dataloader(), counts)
+    loader = module.train_dataloader()
+    first = _cells_of(loader, counts)
     second = _cells_of(module.train_dataloader(), counts)
     for epoch in (first, second):
         np.testing.assert_array_equal(np.sort(epoch), np.sort(train_idx))
     assert not np.array_equal(first, second)  # shuffled anew each epoch
     assert len(list(module.train_dataloader())) == len(module.train_dataloader()) == 9
-    assert module.largest_buffer <= 2 * 10 + 8
+    assert 0 < loader.largest_buffer <= 2 * 10 + 8
 
     validation = _cells_of(module.val_dataloader(), counts)
-    np.testing.assert_array_equal(validation, np.sort(val_idx))
+    np.testing.assert_array_equal(np.sort(validation), np.sort(val_idx))
+
+
+def test_with_every_chunk_in_one_buffer_the_minibatches_are_those_of_the_in_memory_module(small_adata, backed_adata):
+    from myvae.model._datamodule import CountsDataModule
+
+    streaming = StreamingCountsDataModule(backed_adata.X, batch_size=8, seed=5, chunk_size=16, buffer_chunks=5)
+    in_memory = CountsDataModule(small_adata.X, batch_size=8, seed=5)
+    for _ in range(2):  # two epochs: the generators stay in step
+        for loader in ("train_dataloader", "val_dataloader"):
+            streamed, held = getattr(streaming, loader)(), getattr(in_memory, loader)()
+            for a, b in zip(streamed, held, strict=True):
+                torch.testing.assert_close(a[REGISTRY_KEYS.X_KEY].to_dense(), b[REGISTRY_KEYS.X_KEY].to_dense())
 
 
 def test_streamed_minibatches_carry_each_cells_batch(small_adata):
@@ -96,3 +109,14 @@ def test_streamed_minibatches_carry_each_cells_batch(small_adata):
         cells = _cells_of([minibatch], counts)
         np.testing.assert_array_equal(minibatch[REGISTRY_KEYS.BATCH_KEY].ravel(), torch.as_tensor(batches[cells]))
     assert module.n_batch == 3
+
+
+def test_streamed_rows_for_inference_come_in_increasing_order(small_adata, backed_adata):
+    from myvae.model._streaming import streamed_rows
+
+    counts = small_adata.X.toarray().astype(np.float32)
+    indices = np.array([2, 5, 6, 40, 41, 79])
+    np.testing.assert_array_equal(_cells_of(streamed_rows(backed_adata.X, indices, batch_size=4), counts), indices)
+    np.testing.assert_array_equal(_cells_of(streamed_rows(backed_adata.X, None, batch_size=32), counts), np.arange(80))
+    with pytest.raises(InputError, match="increasing order without repeats"):
+        streamed_rows(backed_adata.X, np.array([5, 2]), batch_size=4)

@@ -54,11 +54,6 @@ def check_anndata(data: Any, func: str) -> AnnData:
         Name of the public function, for the message.
     """
     if isinstance(data, AnnData):
-        if data.isbacked:
-            raise InputError(
-                f"{func} got an AnnData opened in backed mode; "
-                "load it into memory first with `adata = adata.to_memory()`."
-            )
         return data
     raise InputError(f"{func} expects an AnnData or a MuData (cells × genes), got {type(data).__name__}.")
 

@@ -13,7 +13,7 @@ from myvae._checks import InputError, check_anndata
 __all__ = ["copy_data", "resolve_data", "write_aligned_obsm"]
 
 
-def resolve_data(data: Any, mod: str | None, func: str) -> tuple[AnnData, MuData | None]:
+def resolve_data(data: Any, mod: str | None, func: str, *, copy: bool = False) -> tuple[AnnData, MuData | None]:
     """The AnnData a call works on, and the MuData it belongs to (``None`` for an AnnData).
 
     Parameters
@@ -24,7 +24,20 @@ def resolve_data(data: Any, mod: str | None, func: str) -> tuple[AnnData, MuData
         Modality holding the RNA counts; only for a MuData.
     func
         Name of the public function, for the messages.
+    copy
+        Whether the call will return a copy: refused for an AnnData opened in backed mode.
     """
+    adata, mdata = _resolve(data, mod, func)
+    if copy and adata.isbacked:
+        raise InputError(
+            f"{func}(copy=True) cannot copy an AnnData opened in backed mode (its counts stay on disk); leave "
+            "copy=False, which writes the small results (uns, obsm) into the object in memory and leaves the file "
+            "as it is, or load the data first with `adata = adata.to_memory()`."
+        )
+    return adata, mdata
+
+
+def _resolve(data: Any, mod: str | None, func: str) -> tuple[AnnData, MuData | None]:
     if isinstance(data, MuData):
         modalities = ", ".join(repr(name) for name in data.mod) or "none"
         if mod is None:

@@ -31,6 +31,7 @@ from ._guards import interrupts_stay_interrupts
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._quiet import quiet_training_logs
 from ._save_load import adata_path, prepare_directory, read_model_file, write_model_file
+from ._streaming import StreamingCountsDataModule, is_out_of_core, streamed_rows
 from ._training_plan import LeanTrainingPlan
 
 __all__ = [
@@ -280,8 +281,10 @@ class MyVAE(VAEMixin, BaseModelClass):
             max_epochs = default_max_epochs(self.adata.n_obs)
         if lr is None:
             lr = default_learning_rate(batch_size)
-        datamodule = CountsDataModule(
-            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+        counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        datamodule_cls = StreamingCountsDataModule if is_out_of_core(counts) else CountsDataModule
+        datamodule = datamodule_cls(
+            counts,
             batch_index=self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY) if self.n_batch > 1 else None,
             train_size=train_size,
             batch_size=batch_size,
@@ -421,6 +424,32 @@ class MyVAE(VAEMixin, BaseModelClass):
         model.to_device(device)
         model.module.eval()
         return model
+
+    def _make_data_loader(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        data_loader_class: type | None = None,
+        **data_loader_kwargs,
+    ):
+        """scvi-tools' data loader, or, for counts on disk, minibatches read a chunk of rows at a time.
+
+        On disk, the cells come in increasing order, so ``indices`` must increase (an error says so otherwise).
+        """
+        adata = self._validate_anndata(adata)
+        manager = self.get_anndata_manager(adata, required=True)
+        counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        if not is_out_of_core(counts) or shuffle or data_loader_class is not None:
+            return super()._make_data_loader(
+                adata, indices, batch_size, shuffle, data_loader_class, **data_loader_kwargs
+            )
+        batch_index = None
+        if self.n_batch > 1:
+            codes = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).reshape(-1, 1)
+            batch_index = torch.as_tensor(codes, dtype=torch.long)
+        return streamed_rows(counts, indices, batch_size or scvi.settings.batch_size, batch_index=batch_index)
 
     def _minibatches(self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int | None):
         if adata is not None:

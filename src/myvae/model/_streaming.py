@@ -22,7 +22,15 @@ from scvi import REGISTRY_KEYS
 from myvae._checks import CountsSummary, InputError
 from myvae.model._datamodule import CSRRows, split_indices
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "RowChunks", "StreamingCountsDataModule", "check_counts_in_chunks", "is_out_of_core"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "RowChunks",
+    "StreamedMinibatches",
+    "StreamingCountsDataModule",
+    "check_counts_in_chunks",
+    "is_out_of_core",
+    "streamed_rows",
+]
 
 DEFAULT_CHUNK_SIZE = 4096
 """Cells read from disk at a time."""
@@ -106,69 +114,103 @@ def check_counts_in_chunks(matrix: Any, where: str, chunk_size: int = DEFAULT_CH
     summary.raise_for_problems(where)
 
 
-class _StreamedMinibatches:
-    """One pass over the chosen rows of a :class:`RowChunks`, in minibatches.
+class StreamedMinibatches:
+    """One pass over chosen rows of a :class:`RowChunks`, in minibatches of sparse CSR counts.
 
-    With ``shuffle``, the chunks come in a random order and the rows of each group of ``buffer_chunks`` chunks are
-    shuffled together; minibatches that straddle two groups carry the remainder over, so every minibatch but the
-    last has ``batch_size`` cells and every chosen row is seen once per pass.
+    The chunks holding the chosen rows are read in groups of ``buffer_chunks``; each group's chosen rows keep the
+    order they have in ``indices`` and, with ``shuffle``, are permuted together, the groups coming in a random
+    order. Minibatches that straddle two groups carry the remainder over, so every minibatch but the last has
+    ``batch_size`` cells and every chosen row comes once. When every chunk fits in one group, a pass draws exactly
+    the permutation that :class:`~myvae.model.CountsDataModule` draws for the same generator, so training from disk
+    and from memory see the same minibatches.
+
+    Parameters
+    ----------
+    rows
+        The counts.
+    indices
+        The rows to pass over, without repeats.
+    batch_size
+        Cells per minibatch.
+    shuffle
+        Shuffle the groups of chunks and the rows within each group.
+    buffer_chunks
+        Chunks read and shuffled together.
+    generator
+        Source of the shuffling.
+    batch_index
+        Batch code of every row (rows × 1), added to each minibatch when given.
     """
 
     def __init__(
         self,
-        module: StreamingCountsDataModule,
-        keep: np.ndarray,
-        shuffle: bool,
+        rows: RowChunks,
+        indices: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        buffer_chunks: int = 8,
+        generator: torch.Generator | None = None,
+        batch_index: torch.Tensor | None = None,
     ):
-        self.module = module
-        self.keep = keep
+        self.rows = rows
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size = batch_size
         self.shuffle = shuffle
-        self.n_rows = int(np.count_nonzero(keep))
+        self.buffer_chunks = buffer_chunks
+        self.generator = generator
+        self.batch_index = batch_index
+        self.largest_buffer = 0
+        """Most cells held at once so far (a check that memory stays bounded)."""
 
     def __len__(self) -> int:
-        return ceil(self.n_rows / self.module.batch_size)
+        return ceil(len(self.indices) / self.batch_size)
 
-    def _chunk_order(self) -> list[int]:
-        n_chunks = self.module.rows.n_chunks
-        if not self.shuffle:
-            return list(range(n_chunks))
-        return torch.randperm(n_chunks, generator=self.module.generator).tolist()
+    def _groups(self) -> list[np.ndarray]:
+        chunks = np.arange(self.rows.n_chunks)
+        if self.shuffle and self.rows.n_chunks > self.buffer_chunks:
+            chunks = chunks[torch.randperm(len(chunks), generator=self.generator).numpy()]
+        return [chunks[first : first + self.buffer_chunks] for first in range(0, len(chunks), self.buffer_chunks)]
 
     def _buffers(self) -> Iterator[tuple[sparse.csr_matrix, np.ndarray]]:
-        """Groups of chunks: their kept rows (CSR) and the index of each row in the whole matrix."""
-        order = self._chunk_order()
-        step = self.module.buffer_chunks
-        for first in range(0, len(order), step):
-            blocks, row_numbers = [], []
-            for chunk in order[first : first + step]:
-                start, stop = self.module.rows.bounds(chunk)
-                kept = np.flatnonzero(self.keep[start:stop])
-                if len(kept):
-                    blocks.append(self.module.rows.read(start, stop)[kept])
-                    row_numbers.append(kept + start)
-            if blocks:
-                yield sparse.vstack(blocks, format="csr"), np.concatenate(row_numbers)
+        """Groups of chunks: the counts of their chosen rows and the index of each such row in the whole matrix."""
+        chunk_of_row = self.indices // self.rows.chunk_size
+        for group in self._groups():
+            cells = self.indices[np.isin(chunk_of_row, group)]
+            if not len(cells):
+                continue
+            needed = np.unique(chunk_of_row[np.isin(chunk_of_row, group)])
+            blocks = [self.rows.read(*self.rows.bounds(chunk)) for chunk in needed]
+            offsets = np.concatenate([[0], np.cumsum([block.shape[0] for block in blocks])])
+            position_in_blocks = offsets[np.searchsorted(needed, cells // self.rows.chunk_size)]
+            position_in_blocks += cells % self.rows.chunk_size
+            yield sparse.vstack(blocks, format="csr")[position_in_blocks], cells
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        batch_size = self.module.batch_size
         carried: tuple[sparse.csr_matrix, np.ndarray] | None = None
-        for counts, row_numbers in self._buffers():
+        for counts, cells in self._buffers():
             if self.shuffle:
-                permutation = torch.randperm(len(row_numbers), generator=self.module.generator).numpy()
-                counts, row_numbers = counts[permutation], row_numbers[permutation]
+                permutation = torch.randperm(len(cells), generator=self.generator).numpy()
+                counts, cells = counts[permutation], cells[permutation]
             if carried is not None:
                 counts = sparse.vstack([carried[0], counts], format="csr")
-                row_numbers = np.concatenate([carried[1], row_numbers])
-            self.module.largest_buffer = max(self.module.largest_buffer, counts.shape[0])
-            n_full = counts.shape[0] // batch_size * batch_size
-            rows = CSRRows(counts[:n_full]) if n_full else None
-            for start in range(0, n_full, batch_size):
-                positions = torch.arange(start, start + batch_size)
-                yield self.module.minibatch(rows, positions, row_numbers[start : start + batch_size])
-            carried = (counts[n_full:], row_numbers[n_full:]) if n_full < counts.shape[0] else None
+                cells = np.concatenate([carried[1], cells])
+            self.largest_buffer = max(self.largest_buffer, counts.shape[0])
+            n_full = counts.shape[0] // self.batch_size * self.batch_size
+            if n_full:
+                yield from self._minibatches(counts[:n_full], cells[:n_full])
+            carried = (counts[n_full:], cells[n_full:]) if n_full < counts.shape[0] else None
         if carried is not None:
-            rows = CSRRows(carried[0])
-            yield self.module.minibatch(rows, torch.arange(carried[0].shape[0]), carried[1])
+            yield from self._minibatches(*carried)
+
+    def _minibatches(self, counts: sparse.csr_matrix, cells: np.ndarray) -> Iterator[dict[str, torch.Tensor]]:
+        rows = CSRRows(counts)
+        for start in range(0, counts.shape[0], self.batch_size):
+            stop = min(start + self.batch_size, counts.shape[0])
+            tensors = {REGISTRY_KEYS.X_KEY: rows[torch.arange(start, stop)]}
+            if self.batch_index is not None:
+                tensors[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.as_tensor(cells[start:stop])]
+            yield tensors
 
 
 class StreamingCountsDataModule(pl.LightningDataModule):
@@ -214,36 +256,61 @@ class StreamingCountsDataModule(pl.LightningDataModule):
         self.train_idx, self.val_idx = split_indices(self.n_obs, train_size, seed)
         self.test_idx = np.array([], dtype=int)
         self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
-        self._validation = np.zeros(self.n_obs, dtype=bool)
-        self._validation[self.val_idx] = True
         self.batch_index = None
         if batch_index is not None:
             self.batch_index = torch.as_tensor(np.asarray(batch_index).reshape(-1, 1), dtype=torch.long)
         self.n_batch = 1 if batch_index is None else int(self.batch_index.max()) + 1
-        self.largest_buffer = 0
-        """Most cells held at once by a pass so far (a check that memory stays bounded)."""
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
         else:
             self.generator.manual_seed(seed)
 
-    def train_dataloader(self) -> _StreamedMinibatches:
-        """Minibatches of the training cells, shuffled within buffers of chunks."""
-        return _StreamedMinibatches(self, ~self._validation, shuffle=True)
+    def _pass(self, indices: np.ndarray, shuffle: bool) -> StreamedMinibatches:
+        return StreamedMinibatches(
+            self.rows,
+            indices,
+            self.batch_size,
+            shuffle=shuffle,
+            buffer_chunks=self.buffer_chunks,
+            generator=self.generator,
+            batch_index=self.batch_index,
+        )
 
-    def val_dataloader(self) -> _StreamedMinibatches | list:
-        """Minibatches of the validation cells, in order (none if every cell trains)."""
+    def train_dataloader(self) -> StreamedMinibatches:
+        """Minibatches of the training cells, shuffled within buffers of chunks."""
+        return self._pass(self.train_idx, shuffle=True)
+
+    def val_dataloader(self) -> StreamedMinibatches | list:
+        """Minibatches of the validation cells (none if every cell trains)."""
         if self.n_val == 0:
             return []
-        return _StreamedMinibatches(self, self._validation, shuffle=False)
+        return self._pass(self.val_idx, shuffle=False)
 
-    def minibatch(self, rows: CSRRows, positions: torch.Tensor, cells: np.ndarray) -> dict[str, torch.Tensor]:
-        """Rows ``positions`` of a buffer as a minibatch: counts (sparse CSR) and, with batches, batch codes.
 
-        ``cells`` gives the index in the whole matrix of each of those rows.
-        """
-        tensors = {REGISTRY_KEYS.X_KEY: rows[positions]}
-        if self.batch_index is not None:
-            tensors[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.as_tensor(cells, dtype=torch.long)]
-        return tensors
+def streamed_rows(
+    counts: Any, indices: np.ndarray | None, batch_size: int, batch_index: torch.Tensor | None = None
+) -> StreamedMinibatches:
+    """Minibatches of the given cells of an on-disk matrix, in increasing order, for inference.
+
+    Parameters
+    ----------
+    counts
+        Cells × genes counts, anything :class:`RowChunks` reads.
+    indices
+        Cells to read, strictly increasing; ``None`` for every cell.
+    batch_size
+        Cells per minibatch.
+    batch_index
+        Batch code of every cell (cells × 1), if the model has batches.
+    """
+    rows = RowChunks(counts)
+    if indices is None:
+        indices = np.arange(rows.n_obs)
+    indices = np.asarray(indices)
+    if len(indices) > 1 and not np.all(np.diff(indices) > 0):
+        raise InputError(
+            "For counts read from disk, pass indices= in increasing order without repeats, e.g. "
+            "`np.unique(indices)`; the cells come back in that order."
+        )
+    return StreamedMinibatches(rows, indices, batch_size, batch_index=batch_index)

@@ -9,6 +9,7 @@ from mudata import MuData
 
 from myvae._checks import check_batch_column, check_counts, get_counts_matrix
 from myvae._data import copy_data, resolve_data
+from myvae.model._streaming import check_counts_in_chunks, is_out_of_core
 
 __all__ = ["SETUP_KEY", "counts_location", "read_setup", "setup_counts"]
 
@@ -39,11 +40,17 @@ def read_setup(adata: AnnData) -> dict[str, Any]:
 
 
 def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> None:
-    """Check that ``layer`` (or ``X``) holds raw counts and that ``batch_key`` names an ``obs`` column."""
+    """Check that ``layer`` (or ``X``) holds raw counts and that ``batch_key`` names an ``obs`` column.
+
+    Counts on disk (a backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time.
+    """
     counts = get_counts_matrix(adata, layer)
     if batch_key is not None:
         check_batch_column(adata, batch_key)
-    check_counts(counts, counts_location(layer))
+    if is_out_of_core(counts):
+        check_counts_in_chunks(counts, counts_location(layer))
+    else:
+        check_counts(counts, counts_location(layer))
 
 
 def setup_counts(
@@ -59,7 +66,8 @@ def setup_counts(
     The checks run before anything is written: the counts must be finite, non-negative integers (stored as an
     integer or a float dtype, dense or sparse) and every cell must have at least one count. The choices are
     recorded in ``adata.uns["myvae_setup"]``, so they survive :func:`anndata.AnnData.write_h5ad` and a new
-    Python session.
+    Python session. Counts on disk — an AnnData opened with ``backed="r"``, or a zarr or dask array — are checked a
+    chunk of cells at a time, without loading the matrix.
 
     Parameters
     ----------
@@ -102,7 +110,7 @@ def setup_counts(
     >>> mdata = mv.datasets.pbmc_cite()
     >>> mv.pp.setup_counts(mdata, mod="rna")
     """
-    adata, mdata = resolve_data(data, mod, "setup_counts")
+    adata, mdata = resolve_data(data, mod, "setup_counts", copy=copy)
     check_setup(adata, layer, batch_key)
     if copy:
         adata, mdata = copy_data(adata, mdata, mod)

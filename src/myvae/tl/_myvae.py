@@ -30,6 +30,7 @@ from myvae._data import copy_data, resolve_data, write_aligned_obsm
 from myvae.model import MyVAE
 from myvae.model._myvae import DEFAULT_BATCH_SIZE, check_backend, default_learning_rate, default_max_epochs
 from myvae.model._quiet import quiet_training_logs
+from myvae.model._streaming import is_out_of_core
 from myvae.pp._setup_counts import SETUP_KEY, check_setup, counts_location, read_setup
 
 __all__ = ["myvae"]
@@ -51,9 +52,14 @@ def batch_labels(column: pd.Series) -> pd.Categorical:
 
 
 def _training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
-    """A bare AnnData around the counts (and batches), so that scvi-tools' registration never touches the user's."""
+    """A bare AnnData around the counts (and batches), so that scvi-tools' registration never touches the user's.
+
+    Counts on disk (backed HDF5 or zarr, or a dask array) stay there: the bare AnnData refers to them.
+    """
     counts = get_counts_matrix(adata, layer)
-    if sparse.issparse(counts):
+    if is_out_of_core(counts):
+        matrix = counts  # read a chunk of cells at a time by the model, never loaded whole
+    elif sparse.issparse(counts):
         matrix = sparse.csr_matrix(counts, dtype=np.float32)
     else:
         matrix = np.asarray(counts, dtype=np.float32)
@@ -87,7 +93,8 @@ def _fit_metrics(
         }
     metrics = {f"final_{key}": float(values[-1]) for key, values in history.items() if len(values)}
     if len(model.validation_indices):
-        error = model.get_reconstruction_error(training_data, indices=model.validation_indices)
+        # increasing order: the mean does not depend on it, and counts on disk are read that way
+        error = model.get_reconstruction_error(training_data, indices=np.sort(model.validation_indices))
         metrics["reconstruction_error_validation"] = error["reconstruction_loss"]
     return metrics
 
@@ -175,10 +182,16 @@ def myvae(
     training starts, and results are written only once training has finished: a failed call leaves ``data`` as
     it was.
 
+    Data larger than memory stay on disk: for an AnnData opened with ``backed="r"`` (h5ad) or one whose counts are
+    a lazily read zarr or dask array, the counts are read a chunk of cells at a time, shuffled within a bounded
+    buffer for training, and embedded chunk by chunk; only the small results (``obsm``, ``uns``) are written, in
+    memory. Such data cannot be copied (``copy=True``) or given a dense ``layer_added``.
+
     Parameters
     ----------
     data
-        Annotated data matrix of raw counts, cells × genes, or a MuData holding an RNA modality.
+        Annotated data matrix of raw counts, cells × genes (in memory, or backed on disk), or a MuData holding an
+        RNA modality.
     mod
         For a MuData: the modality holding the RNA counts (e.g. ``"rna"``). Results go into that modality and,
         aligned to the MuData's cells (NaN rows for cells absent from the modality), into ``mdata.obsm``.
@@ -283,7 +296,7 @@ def myvae(
     True
     """
     check_backend(backend)
-    adata, mdata = resolve_data(data, mod, "myvae")
+    adata, mdata = resolve_data(data, mod, "myvae", copy=copy)
     check_positive_int(n_latent, "n_latent")
     check_positive_int(n_hidden, "n_hidden")
     check_positive_int(max_epochs, "max_epochs", allow_none=True)
@@ -297,6 +310,12 @@ def myvae(
     setup = read_setup(adata)
     check_setup(adata, setup["layer"], setup["batch_key"])
     _check_transform_batch(adata, setup["batch_key"], transform_batch, layer_added)
+    if layer_added is not None and is_out_of_core(get_counts_matrix(adata, setup["layer"])):
+        raise InputError(
+            "layer_added= would hold a dense cells × genes matrix in memory, and these counts are on disk; leave it "
+            "out, and compute the denoised expression in parts with return_model=True and "
+            "model.get_normalized_expression(indices=...)."
+        )
     if model is not None and train_kwargs:
         raise InputError(
             f"Training arguments ({', '.join(train_kwargs)}) do nothing when model= reuses a trained model; "
