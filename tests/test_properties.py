@@ -9,9 +9,7 @@ leave the object as it was.
 """
 
 import os
-import tempfile
 import warnings
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
