@@ -47,8 +47,9 @@ def _is_backed_sparse(matrix: Any) -> bool:
 
 
 def is_out_of_core(matrix: Any) -> bool:
-    """Whether ``matrix`` lives on disk or is computed lazily: a backed AnnData's ``X``, an h5py or zarr array, or a
-    dask array.
+    """Whether ``matrix`` lives on disk or is computed lazily.
+
+    That is: a backed AnnData's ``X``, an h5py or zarr array, or a dask array.
     """
     package = type(matrix).__module__.split(".")[0]
     return _is_backed_sparse(matrix) or _is_dask(matrix) or package in ("h5py", "zarr")
