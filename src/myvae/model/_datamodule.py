@@ -19,7 +19,7 @@ import torch
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
-__all__ = ["CountsDataModule", "CSRRows", "split_indices"]
+__all__ = ["CountsDataModule", "CSRRows", "process_share", "split_indices"]
 
 
 def split_indices(n_obs: int, train_size: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +77,20 @@ class CSRRows:
             )
 
 
+def process_share(trainer: pl.Trainer | None) -> tuple[int, int]:
+    """This process's rank and the number of processes training together (``(0, 1)`` without distribution)."""
+    if trainer is None:
+        return 0, 1
+    return trainer.global_rank, trainer.world_size
+
+
 class _Minibatches:
-    """One pass over ``indices`` in minibatches, shuffled anew at each pass when ``shuffle`` is set."""
+    """One pass over ``indices`` in minibatches, shuffled anew at each pass when ``shuffle`` is set.
+
+    Under distributed training (``world_size`` > 1) every process draws the same permutation and keeps every
+    ``world_size``-th cell from its ``rank`` on; when training, the cells left over are dropped so that all processes
+    take the same number of steps.
+    """
 
     def __init__(
         self,
@@ -87,20 +99,30 @@ class _Minibatches:
         batch_size: int,
         shuffle: bool,
         generator: torch.Generator,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.gather = gather
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
+        self.rank, self.world_size = rank, world_size
+
+    def _share(self, order: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return order
+        end = len(order) // self.world_size * self.world_size if self.shuffle else len(order)
+        return order[self.rank : end : self.world_size]
 
     def __len__(self) -> int:
-        return ceil(len(self.indices) / self.batch_size)
+        return ceil(len(self._share(self.indices)) / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self.indices
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=self.generator)]
+        order = self._share(order)
         for start in range(0, len(order), self.batch_size):
             yield self.gather(order[start : start + self.batch_size])
 
@@ -149,15 +171,21 @@ class CountsDataModule(pl.LightningDataModule):
         else:
             self._generator.manual_seed(seed)
 
+    def _pass(self, indices: np.ndarray, shuffle: bool) -> _Minibatches:
+        rank, world_size = process_share(self.trainer)
+        return _Minibatches(
+            self.minibatch, indices, self.batch_size, shuffle, self._generator, rank=rank, world_size=world_size
+        )
+
     def train_dataloader(self) -> _Minibatches:
-        """Shuffled minibatches of the training cells."""
-        return _Minibatches(self.minibatch, self.train_idx, self.batch_size, shuffle=True, generator=self._generator)
+        """Shuffled minibatches of the training cells (this process's share of them, under distributed training)."""
+        return self._pass(self.train_idx, shuffle=True)
 
     def val_dataloader(self) -> _Minibatches | list:
         """Minibatches of the validation cells (none if every cell trains)."""
         if self.n_val == 0:
             return []
-        return _Minibatches(self.minibatch, self.val_idx, self.batch_size, shuffle=False, generator=self._generator)
+        return self._pass(self.val_idx, shuffle=False)
 
     def minibatch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The given cells as a minibatch: their counts (sparse CSR) and, with batches, their batch codes."""

@@ -131,6 +131,15 @@ def _align_batches(adata: AnnData, batch_key: str, categories: list[str]) -> Non
     adata.obs[batch_key] = pd.Categorical(labels, categories=categories)
 
 
+def _several_processes(devices: int | list[int] | str, strategy: object) -> bool:
+    """Whether Lightning will train on more than one device or with a distributed strategy."""
+    if isinstance(devices, int) and devices > 1 or isinstance(devices, list | tuple) and len(devices) > 1:
+        return True
+    if isinstance(devices, str) and devices.strip() not in ("auto", "1"):
+        return True
+    return isinstance(strategy, str) and "ddp" in strategy or strategy is not None and not isinstance(strategy, str)
+
+
 def _as_int_list(indices: Sequence[int] | None) -> list[int]:
     return [] if indices is None else [int(i) for i in indices]
 
@@ -277,6 +286,11 @@ class MyVAE(VAEMixin, BaseModelClass):
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (Lightning).
         """
+        if self._uses_pyro and _several_processes(devices, trainer_kwargs.get("strategy")):
+            raise InputError(
+                "The Pyro backend trains on one device; for several devices or processes pass backend='torch', or "
+                "leave devices and strategy at their defaults."
+            )
         if max_epochs is None:
             max_epochs = default_max_epochs(self.adata.n_obs)
         if lr is None:

@@ -20,7 +20,7 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 
 from myvae._checks import CountsSummary, InputError
-from myvae.model._datamodule import CSRRows, split_indices
+from myvae.model._datamodule import CSRRows, process_share, split_indices
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -281,6 +281,11 @@ class StreamingCountsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> StreamedMinibatches:
         """Minibatches of the training cells, shuffled within buffers of chunks."""
+        if process_share(self.trainer)[1] > 1:
+            raise InputError(
+                "Training from counts on disk runs in one process; for several devices, load the data into memory "
+                "(`adata = adata.to_memory()`), or train on one device (devices=1)."
+            )
         return self._pass(self.train_idx, shuffle=True)
 
     def val_dataloader(self) -> StreamedMinibatches | list:

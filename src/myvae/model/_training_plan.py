@@ -27,6 +27,12 @@ class _EpochTotals:
         self.kl_local = self.kl_local + output.kl_local_sum.detach().cpu()
         self.n_obs += output.n_obs_minibatch
 
+    def sum_over_processes(self, strategy, device: torch.device) -> None:
+        """Replace the sums by those over every process training together (distributed training)."""
+        sums = torch.stack([self.reconstruction_loss, self.kl_local, torch.tensor(float(self.n_obs))]).to(device)
+        sums = strategy.reduce(sums, reduce_op="sum").cpu()
+        self.reconstruction_loss, self.kl_local, self.n_obs = sums[0], sums[1], int(sums[2])
+
     def means(self) -> dict[str, torch.Tensor]:
         reconstruction_loss = self.reconstruction_loss / self.n_obs
         kl_local = self.kl_local / self.n_obs
@@ -75,10 +81,16 @@ class LeanTrainingPlan(TrainingPlan):
         """Log the epoch's mean held-out terms (``elbo_validation`` is what early stopping watches)."""
         if self._validation_totals.n_obs:
             means = self._validation_totals.means()
-            self.log("validation_loss", means["elbo"], on_epoch=True)
+            self.log("validation_loss", means["elbo"], on_epoch=True, sync_dist=self._distributed)
         self._log_epoch(self._validation_totals, "validation")
 
+    @property
+    def _distributed(self) -> bool:
+        return self.trainer.world_size > 1
+
     def _log_epoch(self, totals: _EpochTotals, stage: str) -> None:
+        if self._distributed:
+            totals.sum_over_processes(self.trainer.strategy, self.device)
         if totals.n_obs:
             means = totals.means()
             check_finite_loss(
@@ -88,5 +100,6 @@ class LeanTrainingPlan(TrainingPlan):
                 lr=self.lr,
             )
             for name, value in means.items():
-                self.log(f"{name}_{stage}", value, on_epoch=True, prog_bar=name == "elbo")
+                # already summed over processes: syncing averages equal values and silences Lightning's warning
+                self.log(f"{name}_{stage}", value, on_epoch=True, prog_bar=name == "elbo", sync_dist=self._distributed)
         totals.reset()
