@@ -122,17 +122,22 @@ def embed(method: str, adata, batch_key: str | None) -> dict:
         "embedding": model.get_latent_representation(),
         "heldout_elbo": float(model.get_elbo(indices=model.validation_indices)),
         "seconds": seconds,
-        **convergence(model.history["elbo_validation"].to_numpy().ravel(), model.trainer.max_epochs),
+        **convergence(model.history, model.trainer.max_epochs),
     }
 
 
-def convergence(heldout_negative_elbo: np.ndarray, max_epochs: int) -> dict:
-    """How training ended: epochs run, the best held-out epoch, and whether it stopped before ``max_epochs``."""
+def convergence(history: dict, max_epochs: int) -> dict:
+    """How training ended: epochs run, the best held-out epoch, and whether training stopped before ``max_epochs``.
+
+    The best held-out epoch is ``None`` where the held-out ELBO was not scored every epoch (SCVI's defaults).
+    """
+    epochs = len(history["elbo_train"])
+    heldout = history.get("elbo_validation")
     return {
-        "epochs": len(heldout_negative_elbo),
+        "epochs": epochs,
         "max_epochs": int(max_epochs),
-        "best_epoch": int(np.argmin(heldout_negative_elbo)) + 1,
-        "stopped_early": len(heldout_negative_elbo) < max_epochs,
+        "best_epoch": None if heldout is None else int(np.argmin(heldout.to_numpy().ravel())) + 1,
+        "stopped_early": epochs < max_epochs,
     }
 
 
@@ -216,7 +221,8 @@ def _epochs(result: dict) -> str:
     if "max_epochs" not in result:
         return "—"
     stopped = ", stopped early" if result["stopped_early"] else ""
-    return f"{result['epochs']} ({result['best_epoch']}, {result['max_epochs']}{stopped})"
+    best = "not scored" if result["best_epoch"] is None else result["best_epoch"]
+    return f"{result['epochs']} ({best}, {result['max_epochs']}{stopped})"
 
 
 def targets_report(report: dict) -> str:

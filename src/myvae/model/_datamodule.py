@@ -78,7 +78,7 @@ class CSRRows:
 
 
 def process_share(trainer: pl.Trainer | None) -> tuple[int, int]:
-    """This process's rank and the number of processes training together (``(0, 1)`` without distribution)."""
+    """The rank of this process and the number of processes training together (``(0, 1)`` on one device)."""
     if trainer is None:
         return 0, 1
     return trainer.global_rank, trainer.world_size
