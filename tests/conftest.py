@@ -7,6 +7,9 @@ from anndata.tests.helpers import assert_equal
 
 DATA = Path(__file__).parent / "data"
 
+# Scripts that tests run in their own processes (tests/scripts/ddp_train.py): not test modules.
+collect_ignore_glob = ["scripts/*"]
+
 # The napari tests run without a screen: Qt draws offscreen.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
