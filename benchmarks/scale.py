@@ -10,7 +10,7 @@ processes, ``mv.tl.myvae`` trains one epoch (no early stopping) and embeds every
 It reports training cells/s (the epoch alone), the wall time of the whole call, the peak resident memory (VmHWM)
 of each process, and the ratio of out-of-core to in-memory throughput; it writes JSON and a Markdown table.
 
-    python benchmarks/scale.py           # 100k, 300k and 1M cells (about 25 minutes on 2 cores, 5 GB of disk)
+    python benchmarks/scale.py           # 100k, 300k and 1M cells (about 45 minutes on 2 cores, 5 GB of disk)
     python benchmarks/scale.py --quick   # 100k cells only (about 3 minutes)
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -205,8 +206,6 @@ def targets(report: dict) -> list[dict]:
 
 
 def _machine() -> dict:
-    import os
-
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         "platform": platform.platform(),
@@ -235,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         for n_cells in sizes:
             start = time.perf_counter()
             paths = write_counts(n_cells, Path(folder))
+            os.sync()  # flush the written files first, so that no mode pays for the write-back
             written = time.perf_counter() - start
             entry = {mode: _run_in_subprocess(mode, paths) for mode in MODES}
             entry["write_seconds"] = written
