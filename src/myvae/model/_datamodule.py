@@ -77,6 +77,23 @@ class CSRRows:
             )
 
 
+def batch_codes(batch_index: np.ndarray | None) -> torch.Tensor | None:
+    """Batch codes of the cells as a cells × 1 tensor of integers (``None`` without batches)."""
+    if batch_index is None:
+        return None
+    return torch.as_tensor(np.asarray(batch_index).reshape(-1, 1), dtype=torch.long)
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A torch generator seeded with ``seed``; ``None`` draws a fresh seed."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 def process_share(trainer: pl.Trainer | None) -> tuple[int, int]:
     """The rank of this process and the number of processes training together (``(0, 1)`` on one device)."""
     if trainer is None:
@@ -161,15 +178,9 @@ class CountsDataModule(pl.LightningDataModule):
         self.test_idx = np.array([], dtype=int)
         self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
         self.counts = CSRRows(counts)
-        self.batch_index = None
-        if batch_index is not None:
-            self.batch_index = torch.as_tensor(np.asarray(batch_index).reshape(-1, 1), dtype=torch.long)
-        self.n_batch = 1 if batch_index is None else int(self.batch_index.max()) + 1
-        self._generator = torch.Generator()
-        if seed is None:
-            self._generator.seed()
-        else:
-            self._generator.manual_seed(seed)
+        self.batch_index = batch_codes(batch_index)
+        self.n_batch = 1 if self.batch_index is None else int(self.batch_index.max()) + 1
+        self._generator = seeded_generator(seed)
 
     def _pass(self, indices: np.ndarray, shuffle: bool) -> _Minibatches:
         rank, world_size = process_share(self.trainer)

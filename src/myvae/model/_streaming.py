@@ -20,7 +20,7 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 
 from myvae._checks import CountsSummary, InputError
-from myvae.model._datamodule import CSRRows, process_share, split_indices
+from myvae.model._datamodule import CSRRows, batch_codes, process_share, seeded_generator, split_indices
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -258,15 +258,9 @@ class StreamingCountsDataModule(pl.LightningDataModule):
         self.train_idx, self.val_idx = split_indices(self.n_obs, train_size, seed)
         self.test_idx = np.array([], dtype=int)
         self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
-        self.batch_index = None
-        if batch_index is not None:
-            self.batch_index = torch.as_tensor(np.asarray(batch_index).reshape(-1, 1), dtype=torch.long)
-        self.n_batch = 1 if batch_index is None else int(self.batch_index.max()) + 1
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
+        self.batch_index = batch_codes(batch_index)
+        self.n_batch = 1 if self.batch_index is None else int(self.batch_index.max()) + 1
+        self.generator = seeded_generator(seed)
 
     def _pass(self, indices: np.ndarray, shuffle: bool) -> StreamedMinibatches:
         return StreamedMinibatches(
