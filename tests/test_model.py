@@ -63,3 +63,23 @@ def test_register_backend_refuses_what_it_cannot_train():
         mv.model.register_backend("torch", PoissonVAEModule)
     with pytest.raises(TypeError, match="not an scvi-tools module class"):
         mv.model.register_backend("mine", dict)
+
+
+def _train_history(adata, backend: str, **train_kwargs) -> np.ndarray:
+    import scvi
+
+    scvi.settings.seed = 0
+    data = adata.copy()
+    mv.MyVAE.setup_anndata(data)
+    model = mv.MyVAE(data, n_latent=4, backend=backend)
+    model.train(max_epochs=6, batch_size=16, early_stopping=False, progress=False, accelerator="cpu", **train_kwargs)
+    return model.history["elbo_validation"].to_numpy(dtype=float).ravel()
+
+
+def test_both_backends_follow_the_same_training_path(small_adata):
+    # same initial weights, minibatches and noise, the same loss and the same optimiser settings: the same path
+    torch_path = _train_history(small_adata, "torch")
+    np.testing.assert_allclose(_train_history(small_adata, "pyro"), torch_path, rtol=1e-4)
+    # Pyro's Adam with torch's default eps=1e-8 instead of scvi-tools' 0.01 leaves that path
+    other_eps = {"optim_kwargs": {"lr": mv.model.default_learning_rate(16), "weight_decay": 1e-6}}
+    assert not np.allclose(_train_history(small_adata, "pyro", plan_kwargs=other_eps), torch_path, rtol=1e-4)

@@ -206,7 +206,7 @@ def myvae(
     max_epochs
         Most passes over the training cells; ``None`` picks a number from the data size (400 for up to 20,000
         cells, fewer for more cells, at least 20). Training stops earlier once the held-out ELBO has not improved
-        for 20 epochs (pass ``early_stopping=False`` to train all epochs).
+        for 45 epochs, scvi-tools' default (pass ``early_stopping=False`` to train all epochs).
     batch_size
         Cells per minibatch (512 by default: four times scvi-tools' default, for throughput).
     lr
