@@ -4,12 +4,14 @@
 CSR/CSC datasets or dense HDF5 datasets), a zarr array, or a dask array — a block of consecutive cells at a time,
 as a SciPy CSR matrix. :class:`StreamingCountsDataModule` trains from it with bounded memory: each epoch visits the
 chunks in a random order, keeps a buffer of a few chunks, shuffles the cells inside the buffer and slices
-minibatches from it, as :class:`~myvae.model.CountsDataModule` does for counts held in memory.
+minibatches from it, as :class:`~myvae.model.CountsDataModule` does for counts held in memory. Under distributed
+training each process reads only its own block of consecutive cells.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from math import ceil
 from typing import Any
 
@@ -142,6 +144,8 @@ class StreamedMinibatches:
         Source of the shuffling.
     batch_index
         Batch code of every row (rows × 1), added to each minibatch when given.
+    max_minibatches
+        Stop after this many minibatches (``None``: pass over every chosen row).
     """
 
     def __init__(
@@ -154,6 +158,7 @@ class StreamedMinibatches:
         buffer_chunks: int = 8,
         generator: torch.Generator | None = None,
         batch_index: torch.Tensor | None = None,
+        max_minibatches: int | None = None,
     ):
         self.rows = rows
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -162,11 +167,13 @@ class StreamedMinibatches:
         self.buffer_chunks = buffer_chunks
         self.generator = generator
         self.batch_index = batch_index
+        self.max_minibatches = max_minibatches
         self.largest_buffer = 0
         """Most cells held at once so far (a check that memory stays bounded)."""
 
     def __len__(self) -> int:
-        return ceil(len(self.indices) / self.batch_size)
+        n_minibatches = ceil(len(self.indices) / self.batch_size)
+        return n_minibatches if self.max_minibatches is None else min(n_minibatches, self.max_minibatches)
 
     def _groups(self) -> list[np.ndarray]:
         chunks = np.arange(self.rows.n_chunks)
@@ -189,6 +196,9 @@ class StreamedMinibatches:
             yield sparse.vstack(blocks, format="csr")[position_in_blocks], cells
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return islice(self._pass(), len(self))
+
+    def _pass(self) -> Iterator[dict[str, torch.Tensor]]:
         carried: tuple[sparse.csr_matrix, np.ndarray] | None = None
         for counts, cells in self._buffers():
             if self.shuffle:
@@ -220,6 +230,11 @@ class StreamingCountsDataModule(pl.LightningDataModule):
 
     The cells are split as :class:`~myvae.model.CountsDataModule` splits them for the same seed, so both modules
     train on the same cells; only the order within an epoch differs (shuffled within a buffer of chunks here).
+
+    Under distributed training (``world_size`` > 1) the training and the validation cells, in row order, are cut
+    into one block of consecutive cells per process; each process reads and shuffles only its block, so the
+    reading is shared out too. Every process takes as many training steps as the smallest block allows (the blocks
+    differ by at most one cell), as DDP requires.
 
     Parameters
     ----------
@@ -263,6 +278,13 @@ class StreamingCountsDataModule(pl.LightningDataModule):
         self.generator = seeded_generator(seed)
 
     def _pass(self, indices: np.ndarray, shuffle: bool) -> StreamedMinibatches:
+        rank, world_size = process_share(self.trainer)
+        max_minibatches = None
+        if world_size > 1:
+            blocks = np.array_split(np.sort(indices), world_size)
+            indices = blocks[rank]
+            if shuffle:
+                max_minibatches = ceil(min(len(block) for block in blocks) / self.batch_size)
         return StreamedMinibatches(
             self.rows,
             indices,
@@ -271,19 +293,15 @@ class StreamingCountsDataModule(pl.LightningDataModule):
             buffer_chunks=self.buffer_chunks,
             generator=self.generator,
             batch_index=self.batch_index,
+            max_minibatches=max_minibatches,
         )
 
     def train_dataloader(self) -> StreamedMinibatches:
-        """Minibatches of the training cells, shuffled within buffers of chunks."""
-        if process_share(self.trainer)[1] > 1:
-            raise InputError(
-                "Training from counts on disk runs in one process; for several devices, load the data into memory "
-                "(`adata = adata.to_memory()`), or train on one device (devices=1)."
-            )
+        """Minibatches of the training cells (of this process's block), shuffled within buffers of chunks."""
         return self._pass(self.train_idx, shuffle=True)
 
     def val_dataloader(self) -> StreamedMinibatches | list:
-        """Minibatches of the validation cells (none if every cell trains)."""
+        """Minibatches of the validation cells (of this process's block; none if every cell trains)."""
         if self.n_val == 0:
             return []
         return self._pass(self.val_idx, shuffle=False)
