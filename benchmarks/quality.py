@@ -15,7 +15,7 @@ Methods, each with its defaults: ``PCA`` (50 components of log-normalised counts
 ``setup_counts``). scib-metrics' ``Benchmarker`` scores the embeddings (unscaled); the held-out ELBO per cell is
 computed on the same 10% of cells for SCVI and myvae.
 
-    python benchmarks/quality.py          # about 15 minutes on 2 cores (`make bench-quality`)
+    python benchmarks/quality.py          # about 35 minutes on 2 cores (`make bench-quality`)
     python benchmarks/quality.py --quick  # the PBMC two-batch set only (about 5 minutes)
 """
 
