@@ -10,7 +10,7 @@ processes, ``mv.tl.myvae`` trains one epoch (no early stopping) and embeds every
 It reports training cells/s (the epoch alone), the wall time of the whole call, the peak resident memory (VmHWM)
 of each process, and the ratio of out-of-core to in-memory throughput; it writes JSON and a Markdown table.
 
-    python benchmarks/scale.py           # 100k, 300k and 1M cells (about 45 minutes on 2 cores, 5 GB of disk)
+    python benchmarks/scale.py           # 100k, 300k and 1M cells (about 25 minutes on 2 cores, 5 GB of disk)
     python benchmarks/scale.py --quick   # 100k cells only (about 3 minutes)
 """
 
