@@ -14,10 +14,10 @@ import myvae as mv
 
 adata = ad.read_h5ad(sys.argv[1])
 mv.pp.setup_counts(adata)
-for backend in ("torch", "pyro"):
-    mv.tl.myvae(adata, backend=backend, random_state=7, max_epochs=4, batch_size=32, progress=False,
-                accelerator="cpu", key_added=backend)
-np.savez(sys.argv[2], torch=adata.obsm["X_torch"], pyro=adata.obsm["X_pyro"])
+for key, backend, seed in (("torch", "torch", 7), ("pyro", "pyro", 7), ("torch_seed_8", "torch", 8)):
+    mv.tl.myvae(adata, backend=backend, random_state=seed, max_epochs=4, batch_size=32, progress=False,
+                accelerator="cpu", key_added=key)
+np.savez(sys.argv[2], **{key: adata.obsm[f"X_{key}"] for key in ("torch", "pyro", "torch_seed_8")})
 """
 
 
@@ -28,4 +28,5 @@ def test_same_random_state_gives_bitwise_identical_embeddings_in_separate_proces
     first, second = (np.load(output) for output in outputs)
     for backend in ("torch", "pyro"):
         assert first[backend].tobytes() == second[backend].tobytes(), backend
-    assert not np.array_equal(first["torch"], first["pyro"])  # two different trainings, not one result twice
+    # another seed trains differently, so equal runs are not one fixed result
+    assert not np.allclose(first["torch"], first["torch_seed_8"], atol=1e-3)
