@@ -50,7 +50,7 @@ package: $(BIN)/.myvae-installed
 	.package-venv/bin/python -c "from importlib.metadata import entry_points; from importlib.resources import files; \
 		(ep,) = entry_points(group='napari.manifest', name='myvae'); assert files('myvae._napari').joinpath('napari.yaml').is_file(); print('napari manifest:', ep.value)"
 
-# Training throughput against scvi-tools (about 20 minutes; BENCH_ARGS=--quick for under two).
+# Training throughput against scvi-tools (20-35 minutes; BENCH_ARGS=--quick for under two).
 bench: $(BIN)/.myvae-installed
 	$(BIN)/python benchmarks/train_throughput.py $(BENCH_ARGS)
 

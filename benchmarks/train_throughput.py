@@ -7,7 +7,7 @@ scvi-tools' ``SCVI`` and against the reference path (myvae's PyTorch module trai
 data path), the fraction of the matmul-only ceiling that the PyTorch backend reaches, and writes everything as
 JSON.
 
-    python benchmarks/train_throughput.py            # full run (about 20 minutes on 2 cores; `make bench`)
+    python benchmarks/train_throughput.py            # full run (20-35 minutes on 2 cores; `make bench`)
     python benchmarks/train_throughput.py --quick    # PBMC 3k only, few epochs (under 2 minutes)
 """
 
