@@ -10,7 +10,8 @@ from scvi import REGISTRY_KEYS
 
 from myvae import InputError
 from myvae.model._datamodule import split_indices
-from myvae.model._streaming import RowChunks, StreamingCountsDataModule, check_counts_in_chunks, is_out_of_core
+from myvae._counts import RowChunks, check_counts_in_chunks, is_out_of_core
+from myvae.model._streaming import StreamingCountsDataModule
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from importlib.metadata import version
 
 from . import datasets, model, module, pl, pp, tl
-from ._checks import InputError, TrainingDivergedError
+from ._exceptions import InputError, TrainingDivergedError
 from .model import MyVAE
 
 __all__ = ["InputError", "MyVAE", "TrainingDivergedError", "datasets", "model", "module", "pl", "pp", "tl"]

@@ -8,7 +8,8 @@ import numpy as np
 from anndata import AnnData
 from mudata import MuData
 
-from myvae._checks import InputError, check_anndata
+from myvae._checks import check_anndata
+from myvae._exceptions import InputError
 
 __all__ = ["copy_data", "resolve_data", "write_aligned_obsm"]
 

@@ -16,7 +16,9 @@ from anndata import AnnData
 from lightning.pytorch import Callback
 from scipy import sparse
 
-from myvae._checks import MIN_CELLS, InputError, check_counts
+from myvae._checks import MIN_CELLS
+from myvae._counts import check_counts
+from myvae._exceptions import InputError
 from myvae.pp._setup_counts import check_setup, read_setup
 
 __all__ = [

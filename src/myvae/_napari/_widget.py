@@ -10,7 +10,7 @@ from napari.qt.threading import FunctionWorker, create_worker
 from napari.viewer import Viewer
 from qtpy.QtCore import QObject, Signal
 
-from myvae._checks import InputError, TrainingDivergedError
+from myvae._exceptions import InputError, TrainingDivergedError
 from myvae._napari._cells import CellCounts, CellEmbedding, cell_counts, embed_and_cluster
 from myvae._napari._paint import write_results
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from myvae._checks import TrainingDivergedError
+from myvae._exceptions import TrainingDivergedError
 
 __all__ = ["check_finite_loss", "interrupts_stay_interrupts"]
 

@@ -22,7 +22,9 @@ from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.module.base import BaseModuleClass, PyroBaseModuleClass
 from scvi.train import TrainRunner
 
-from myvae._checks import InputError, check_same_genes
+from myvae._checks import check_same_genes
+from myvae._counts import batch_code, batch_labels, is_out_of_core
+from myvae._exceptions import InputError
 from myvae.module import PyroVAEModule, TorchVAEModule
 
 from ._allocator import reuse_freed_memory
@@ -31,7 +33,7 @@ from ._guards import interrupts_stay_interrupts
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._quiet import quiet_training_logs
 from ._save_load import adata_path, prepare_directory, read_model_file, write_model_file
-from ._streaming import StreamingCountsDataModule, is_out_of_core, streamed_rows
+from ._streaming import StreamingCountsDataModule, streamed_rows
 from ._training_plan import LeanTrainingPlan
 
 __all__ = [
@@ -133,14 +135,7 @@ def _align_batches(adata: AnnData, batch_key: str, categories: list[str]) -> Non
     """Give ``adata.obs[batch_key]`` the saved batches as categories, refusing batches the model never saw."""
     if batch_key not in adata.obs.columns:
         raise InputError(f"The model was trained with batches from obs[{batch_key!r}]; the data have no such column.")
-    labels = adata.obs[batch_key].astype(str)
-    unknown = sorted(set(labels) - set(categories))
-    if unknown:
-        raise InputError(
-            f"obs[{batch_key!r}] holds batches the model was not trained on ({', '.join(unknown)}); the model "
-            f"knows {categories}. Train a model on these batches."
-        )
-    adata.obs[batch_key] = pd.Categorical(labels, categories=categories)
+    adata.obs[batch_key] = batch_labels(adata.obs[batch_key], categories)
 
 
 def _several_processes(devices: int | list[int] | str, strategy: object) -> bool:
@@ -493,17 +488,7 @@ class MyVAE(VAEMixin, BaseModelClass):
 
     def _batch_code(self, batch: str | None) -> int | None:
         """The code of batch ``batch``; an :class:`~myvae.InputError` listing the batches if it is not one."""
-        if batch is None:
-            return None
-        if self.n_batch == 1:
-            raise InputError(
-                "transform_batch= needs a model trained with batches; set up the data with "
-                "mv.pp.setup_counts(adata, batch_key=...) and train again."
-            )
-        categories = self.batch_categories
-        if str(batch) not in categories:
-            raise InputError(f"transform_batch={batch!r} is not one of the model's batches: {categories}.")
-        return categories.index(str(batch))
+        return batch_code(batch, self.batch_categories, "the model")
 
     def get_normalized_expression(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from myvae._checks import InputError
+from myvae._exceptions import InputError
 
 __all__ = ["FORMAT", "adata_path", "model_path", "prepare_directory", "read_model_file", "write_model_file"]
 

@@ -1,11 +1,11 @@
 """Counts read from disk in contiguous chunks of rows, for data larger than memory.
 
-:class:`RowChunks` reads a counts matrix — in memory, the ``X`` of an AnnData opened with ``backed="r"`` (HDF5
-CSR/CSC datasets or dense HDF5 datasets), a zarr array, or a dask array — a block of consecutive cells at a time,
-as a SciPy CSR matrix. :class:`StreamingCountsDataModule` trains from it with bounded memory: each epoch visits the
-chunks in a random order, keeps a buffer of a few chunks, shuffles the cells inside the buffer and slices
-minibatches from it, as :class:`~myvae.model.CountsDataModule` does for counts held in memory. Under distributed
-training each process reads only its own block of consecutive cells.
+:class:`~myvae._counts.RowChunks` reads a counts matrix — in memory, the ``X`` of an AnnData opened with
+``backed="r"`` (HDF5 CSR/CSC datasets or dense HDF5 datasets), a zarr array, or a dask array — a block of
+consecutive cells at a time, as a SciPy CSR matrix. :class:`StreamingCountsDataModule` trains from it with bounded
+memory: each epoch visits the chunks in a random order, keeps a buffer of a few chunks, shuffles the cells inside
+the buffer and slices minibatches from it, as :class:`~myvae.model.CountsDataModule` does for counts held in
+memory. Under distributed training each process reads only its own block of consecutive cells.
 """
 
 from __future__ import annotations
@@ -21,105 +21,15 @@ import torch
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
-from myvae._checks import CountsSummary, InputError
+from myvae._counts import DEFAULT_CHUNK_SIZE, RowChunks
+from myvae._exceptions import InputError
 from myvae.model._datamodule import CSRRows, batch_codes, process_share, seeded_generator, split_indices
 
-__all__ = [
-    "DEFAULT_CHUNK_SIZE",
-    "RowChunks",
-    "StreamedMinibatches",
-    "StreamingCountsDataModule",
-    "check_counts_in_chunks",
-    "is_out_of_core",
-    "streamed_rows",
-]
-
-DEFAULT_CHUNK_SIZE = 4096
-"""Cells read from disk at a time."""
-
-
-def _is_dask(matrix: Any) -> bool:
-    return type(matrix).__module__.startswith("dask.") and hasattr(matrix, "compute")
-
-
-def _is_backed_sparse(matrix: Any) -> bool:
-    from anndata.abc import CSCDataset, CSRDataset
-
-    return isinstance(matrix, CSRDataset | CSCDataset)
-
-
-def is_out_of_core(matrix: Any) -> bool:
-    """Whether ``matrix`` lives on disk or is computed lazily.
-
-    That is: a backed AnnData's ``X``, an h5py or zarr array, or a dask array.
-    """
-    package = type(matrix).__module__.split(".")[0]
-    return _is_backed_sparse(matrix) or _is_dask(matrix) or package in ("h5py", "zarr")
-
-
-class RowChunks:
-    """A counts matrix read a chunk of consecutive rows (cells) at a time, as SciPy CSR matrices.
-
-    Parameters
-    ----------
-    matrix
-        Cells × genes: a NumPy array or SciPy sparse matrix, a backed AnnData's ``X`` (HDF5 or zarr, sparse or
-        dense), a zarr or h5py array, or a dask array.
-    chunk_size
-        Rows per chunk.
-    """
-
-    def __init__(self, matrix: Any, chunk_size: int = DEFAULT_CHUNK_SIZE):
-        if len(getattr(matrix, "shape", ())) != 2:
-            raise InputError(f"The counts must be a cells × genes matrix; got a {type(matrix).__name__}.")
-        self.matrix = matrix
-        self.shape = tuple(int(n) for n in matrix.shape)
-        self.n_obs, self.n_vars = self.shape
-        self.chunk_size = int(chunk_size)
-
-    @property
-    def n_chunks(self) -> int:
-        """Number of chunks."""
-        return ceil(self.n_obs / self.chunk_size)
-
-    def bounds(self, chunk: int) -> tuple[int, int]:
-        """First row and one past the last row of chunk ``chunk``."""
-        start = chunk * self.chunk_size
-        return start, min(start + self.chunk_size, self.n_obs)
-
-    def read(self, start: int, stop: int, dtype: np.dtype | None = np.float32) -> sparse.csr_matrix:
-        """Rows ``start:stop`` as a CSR matrix of ``dtype`` (``None``: the stored type)."""
-        block = self.matrix[start:stop]
-        if _is_dask(block):
-            block = block.compute()
-        if not sparse.issparse(block):
-            block = np.asarray(block)
-        return sparse.csr_matrix(block, dtype=dtype)
-
-    def __iter__(self) -> Iterator[tuple[int, sparse.csr_matrix]]:
-        """Every chunk in order, with its first row."""
-        for chunk in range(self.n_chunks):
-            start, stop = self.bounds(chunk)
-            yield start, self.read(start, stop)
-
-
-def check_counts_in_chunks(matrix: Any, where: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
-    """:func:`~myvae._checks.check_counts` for a matrix read a chunk of rows at a time (bounded memory).
-
-    The rules and messages are those of the in-memory check; the counts of problems are summed over all chunks.
-    """
-    rows = RowChunks(matrix, chunk_size)
-    if rows.n_obs == 0 or rows.n_vars == 0:
-        raise InputError(f"{where} has shape {rows.shape}; it needs at least one cell and one gene.")
-    summary = None
-    for chunk in range(rows.n_chunks):
-        chunk_summary = CountsSummary.of(rows.read(*rows.bounds(chunk), dtype=None), where)
-        summary = chunk_summary if summary is None else summary + chunk_summary
-    summary.raise_for_problems(where)
+__all__ = ["StreamedMinibatches", "StreamingCountsDataModule", "streamed_rows"]
 
 
 class StreamedMinibatches:
-    """One pass over chosen rows of a :class:`RowChunks`, in minibatches of sparse CSR counts.
+    """One pass over chosen rows of a :class:`~myvae._counts.RowChunks`, in minibatches of sparse CSR counts.
 
     The chunks holding the chosen rows are read in groups of ``buffer_chunks``; each group's chosen rows keep the
     order they have in ``indices`` and, with ``shuffle``, are permuted together, the groups coming in a random
@@ -239,7 +149,7 @@ class StreamingCountsDataModule(pl.LightningDataModule):
     Parameters
     ----------
     counts
-        Cells × genes counts, anything :class:`RowChunks` reads.
+        Cells × genes counts, anything :class:`~myvae._counts.RowChunks` reads.
     batch_index
         Batch code of each cell, if the model is conditioned on batches (small: one integer per cell).
     train_size
@@ -315,7 +225,7 @@ def streamed_rows(
     Parameters
     ----------
     counts
-        Cells × genes counts, anything :class:`RowChunks` reads.
+        Cells × genes counts, anything :class:`~myvae._counts.RowChunks` reads.
     indices
         Cells to read, strictly increasing; ``None`` for every cell.
     batch_size

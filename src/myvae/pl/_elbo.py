@@ -9,8 +9,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from mudata import MuData
 
-from myvae._checks import InputError
 from myvae._data import resolve_data
+from myvae._exceptions import InputError
 
 __all__ = ["elbo"]
 

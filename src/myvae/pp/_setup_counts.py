@@ -7,19 +7,13 @@ from typing import Any
 from anndata import AnnData
 from mudata import MuData
 
-from myvae._checks import check_batch_column, check_counts, get_counts_matrix
+from myvae._counts import check_batch_column, check_counts, counts_location, get_counts_matrix
 from myvae._data import copy_data, resolve_data
-from myvae.model._streaming import check_counts_in_chunks, is_out_of_core
 
-__all__ = ["SETUP_KEY", "counts_location", "read_setup", "setup_counts"]
+__all__ = ["SETUP_KEY", "check_setup", "read_setup", "setup_counts"]
 
 SETUP_KEY = "myvae_setup"
 """Key of ``adata.uns`` where :func:`setup_counts` records its choices."""
-
-
-def counts_location(layer: str | None) -> str:
-    """How the user names the counts matrix, for messages: ``adata.X`` or ``adata.layers['…']``."""
-    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
 def _make_record(layer: str | None, batch_key: str | None) -> dict[str, str]:
@@ -47,10 +41,7 @@ def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> Non
     counts = get_counts_matrix(adata, layer)
     if batch_key is not None:
         check_batch_column(adata, batch_key)
-    if is_out_of_core(counts):
-        check_counts_in_chunks(counts, counts_location(layer))
-    else:
-        check_counts(counts, counts_location(layer))
+    check_counts(counts, counts_location(layer))
 
 
 def setup_counts(

@@ -18,20 +18,18 @@ from scipy import sparse
 
 from myvae._checks import (
     MIN_CELLS,
-    InputError,
-    TrainingDivergedError,
     check_key_added,
     check_positive_float,
     check_positive_int,
     check_same_genes,
-    get_counts_matrix,
 )
+from myvae._counts import batch_code, batch_labels, counts_location, get_counts_matrix, is_out_of_core
 from myvae._data import copy_data, resolve_data, write_aligned_obsm
+from myvae._exceptions import InputError, TrainingDivergedError
 from myvae.model import MyVAE
 from myvae.model._myvae import DEFAULT_BATCH_SIZE, check_backend, default_learning_rate, default_max_epochs
 from myvae.model._quiet import quiet_training_logs
-from myvae.model._streaming import is_out_of_core
-from myvae.pp._setup_counts import SETUP_KEY, check_setup, counts_location, read_setup
+from myvae.pp._setup_counts import SETUP_KEY, check_setup, read_setup
 
 __all__ = ["myvae"]
 
@@ -40,15 +38,6 @@ logger = logging.getLogger(__name__)
 _VERSIONED_PACKAGES = ("myvae", "scvi-tools", "torch", "pyro-ppl", "anndata")
 _WATCHERS = ("callbacks",)
 """Training arguments that watch the training without shaping the result: not recorded in ``params``."""
-
-
-def batch_labels(column: pd.Series) -> pd.Categorical:
-    """A batch column as categories named by strings, in the column's category order (sorted otherwise)."""
-    categorical = column if isinstance(column.dtype, pd.CategoricalDtype) else column.astype("category")
-    categorical = categorical.cat.remove_unused_categories()
-    return pd.Categorical(
-        categorical.astype(str), categories=[str(category) for category in categorical.cat.categories]
-    )
 
 
 def _training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
@@ -129,13 +118,8 @@ def _check_transform_batch(
         return
     if layer_added is None:
         raise InputError("transform_batch= only shapes layer_added=; pass layer_added='...' too, or leave it out.")
-    if batch_key is None:
-        raise InputError(
-            "transform_batch= needs batches; set up the data with mv.pp.setup_counts(adata, batch_key=...)."
-        )
-    batches = list(batch_labels(adata.obs[batch_key]).categories)
-    if str(transform_batch) not in batches:
-        raise InputError(f"transform_batch={transform_batch!r} is not a batch of obs[{batch_key!r}]: {batches}.")
+    batches = [] if batch_key is None else list(batch_labels(adata.obs[batch_key]).categories)
+    batch_code(transform_batch, batches, f"obs[{batch_key!r}]")
 
 
 def _reusable_model(model: MyVAE | str | PathLike, training_data: AnnData, accelerator: str) -> MyVAE:

@@ -1,0 +1,328 @@
+"""The counts and the batches: where they are, how they are read, and the checks they must pass.
+
+Everything that reads a counts matrix or a batch column goes through here — :func:`myvae.pp.setup_counts`,
+:func:`myvae.tl.myvae`, the model and the napari plugin alike — so that the rules and their messages exist once.
+A matrix in memory (NumPy or SciPy sparse) is checked whole; a matrix on disk or computed lazily (a backed
+AnnData's ``X``, an h5py or zarr array, a dask array) is read and checked a chunk of rows at a time
+(:class:`RowChunks`), with the same rules and messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from math import ceil
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from myvae._checks import check_obs_key
+from myvae._exceptions import InputError
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "MAX_NUMERIC_BATCHES",
+    "CountsSummary",
+    "RowChunks",
+    "batch_code",
+    "batch_labels",
+    "check_batch_column",
+    "check_counts",
+    "check_counts_in_chunks",
+    "counts_location",
+    "get_counts_matrix",
+    "is_out_of_core",
+]
+
+DEFAULT_CHUNK_SIZE = 4096
+"""Cells read from disk at a time."""
+MAX_NUMERIC_BATCHES = 50
+"""A numeric ``batch_key`` column with more distinct values than this is taken for a continuous covariate."""
+
+
+def get_counts_matrix(adata: AnnData, layer: str | None) -> Any:
+    """The matrix holding the counts: ``adata.layers[layer]``, or ``adata.X`` when ``layer`` is ``None``."""
+    if layer is None:
+        if adata.X is None:
+            raise InputError("adata.X is empty; pass `layer=` naming the layer that holds the raw counts.")
+        return adata.X
+    if layer not in adata.layers:
+        available = ", ".join(repr(key) for key in adata.layers) or "none"
+        raise InputError(
+            f"Layer {layer!r} does not exist (layers: {available}); pass one of them, or layer=None to use adata.X."
+        )
+    return adata.layers[layer]
+
+
+def counts_location(layer: str | None) -> str:
+    """How the user names the counts matrix, for messages: ``adata.X`` or ``adata.layers['…']``."""
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def _is_dask(matrix: Any) -> bool:
+    return type(matrix).__module__.startswith("dask.") and hasattr(matrix, "compute")
+
+
+def _is_backed_sparse(matrix: Any) -> bool:
+    from anndata.abc import CSCDataset, CSRDataset
+
+    return isinstance(matrix, CSRDataset | CSCDataset)
+
+
+def is_out_of_core(matrix: Any) -> bool:
+    """Whether ``matrix`` lives on disk or is computed lazily.
+
+    That is: a backed AnnData's ``X``, an h5py or zarr array, or a dask array.
+    """
+    package = type(matrix).__module__.split(".")[0]
+    return _is_backed_sparse(matrix) or _is_dask(matrix) or package in ("h5py", "zarr")
+
+
+class RowChunks:
+    """A counts matrix read a chunk of consecutive rows (cells) at a time, as SciPy CSR matrices.
+
+    Parameters
+    ----------
+    matrix
+        Cells × genes: a NumPy array or SciPy sparse matrix, a backed AnnData's ``X`` (HDF5 or zarr, sparse or
+        dense), a zarr or h5py array, or a dask array.
+    chunk_size
+        Rows per chunk.
+    """
+
+    def __init__(self, matrix: Any, chunk_size: int = DEFAULT_CHUNK_SIZE):
+        if len(getattr(matrix, "shape", ())) != 2:
+            raise InputError(f"The counts must be a cells × genes matrix; got a {type(matrix).__name__}.")
+        self.matrix = matrix
+        self.shape = tuple(int(n) for n in matrix.shape)
+        self.n_obs, self.n_vars = self.shape
+        self.chunk_size = int(chunk_size)
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of chunks."""
+        return ceil(self.n_obs / self.chunk_size)
+
+    def bounds(self, chunk: int) -> tuple[int, int]:
+        """First row and one past the last row of chunk ``chunk``."""
+        start = chunk * self.chunk_size
+        return start, min(start + self.chunk_size, self.n_obs)
+
+    def read(self, start: int, stop: int, dtype: np.dtype | None = np.float32) -> sparse.csr_matrix:
+        """Rows ``start:stop`` as a CSR matrix of ``dtype`` (``None``: the stored type)."""
+        block = self.matrix[start:stop]
+        if _is_dask(block):
+            block = block.compute()
+        if not sparse.issparse(block):
+            block = np.asarray(block)
+        return sparse.csr_matrix(block, dtype=dtype)
+
+    def __iter__(self) -> Iterator[tuple[int, sparse.csr_matrix]]:
+        """Every chunk in order, with its first row."""
+        for chunk in range(self.n_chunks):
+            start, stop = self.bounds(chunk)
+            yield start, self.read(start, stop)
+
+
+def _stored_values(matrix: Any) -> np.ndarray:
+    """The explicitly stored values: every entry of a dense array, the non-zeros of a sparse one."""
+    if sparse.issparse(matrix):
+        return np.asarray(matrix.data)
+    return np.asarray(matrix)
+
+
+@dataclass
+class CountsSummary:
+    """What :func:`check_counts` needs to know about a matrix, summed over the row chunks it was read in.
+
+    Attributes
+    ----------
+    dtype
+        Data type of the stored values.
+    n_not_finite
+        NaN or infinite values.
+    minimum
+        Smallest stored value (0 when nothing is stored).
+    non_integer
+        Whether some value is not a whole number.
+    n_empty
+        Cells (rows) with zero total counts.
+    """
+
+    dtype: np.dtype
+    n_not_finite: int = 0
+    minimum: float = 0.0
+    non_integer: bool = False
+    n_empty: int = 0
+
+    @classmethod
+    def of(cls, matrix: Any, where: str) -> CountsSummary:
+        """Summarise ``matrix`` (cells × genes, NumPy or SciPy sparse); refuse other types and shapes at once."""
+        if not (sparse.issparse(matrix) or isinstance(matrix, np.ndarray)):
+            raise InputError(
+                f"{where} is a {type(matrix).__name__}; myvae takes a NumPy array or a SciPy sparse matrix of counts."
+            )
+        if matrix.ndim != 2 or matrix.shape[1] == 0:
+            raise InputError(f"{where} has shape {matrix.shape}; it needs at least one cell and one gene.")
+        values = _stored_values(matrix)
+        if values.dtype == bool or not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+            raise InputError(f"{where} has dtype {values.dtype}; it must hold counts as integers or floats.")
+        summary = cls(values.dtype, minimum=float(values.min()) if values.size else 0.0)
+        if np.issubdtype(values.dtype, np.floating):
+            finite = np.isfinite(values)
+            summary.n_not_finite = int(np.count_nonzero(~finite))
+            summary.non_integer = not np.array_equal(values[finite], np.round(values[finite]))
+        totals = np.asarray(matrix.sum(axis=1)).ravel()
+        summary.n_empty = int(np.count_nonzero(totals == 0))
+        return summary
+
+    def __add__(self, other: CountsSummary) -> CountsSummary:
+        return CountsSummary(
+            self.dtype,
+            self.n_not_finite + other.n_not_finite,
+            min(self.minimum, other.minimum),
+            self.non_integer or other.non_integer,
+            self.n_empty + other.n_empty,
+        )
+
+    def raise_for_problems(self, where: str) -> None:
+        """Raise an :class:`~myvae.InputError` naming the first problem and its fix, if the summary shows one."""
+        if self.n_not_finite:
+            raise InputError(
+                f"{where} holds {self.n_not_finite} NaN or infinite values; pass a matrix of raw counts "
+                "(e.g. layer='counts'), or fix or remove the affected cells."
+            )
+        if self.minimum < 0:
+            raise InputError(
+                f"{where} holds negative values (minimum {self.minimum:g}); it looks scaled or centred. "
+                "Pass the raw counts, e.g. layer='counts'."
+            )
+        if self.non_integer:
+            raise InputError(
+                f"{where} holds non-integer values (it looks log-normalised); pass layer='counts' or the raw counts "
+                "(for example, keep `adata.layers['counts'] = adata.X.copy()` before normalising)."
+            )
+        if self.n_empty:
+            raise InputError(
+                f"{self.n_empty} cells have zero total counts in {where}; remove them first with "
+                "`sc.pp.filter_cells(adata, min_counts=1)`."
+            )
+
+
+def check_counts(matrix: Any, where: str) -> None:
+    """Check that ``matrix`` holds raw counts: finite, non-negative integers, and no cell without counts.
+
+    A matrix on disk or computed lazily (:func:`is_out_of_core`) is checked a chunk of rows at a time
+    (:func:`check_counts_in_chunks`), with the same rules and messages.
+
+    Parameters
+    ----------
+    matrix
+        Cells × genes: a NumPy array or a SciPy sparse matrix, or anything :class:`RowChunks` reads.
+    where
+        How the user names the matrix (``"adata.X"``, ``"adata.layers['counts']"``), for the messages.
+    """
+    if is_out_of_core(matrix):
+        check_counts_in_chunks(matrix, where)
+        return
+    summary = CountsSummary.of(matrix, where)
+    if matrix.shape[0] == 0:
+        raise InputError(f"{where} has shape {matrix.shape}; it needs at least one cell and one gene.")
+    summary.raise_for_problems(where)
+
+
+def check_counts_in_chunks(matrix: Any, where: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    """:func:`check_counts` for a matrix read a chunk of rows at a time (bounded memory).
+
+    The rules and messages are those of the in-memory check; the counts of problems are summed over all chunks.
+    """
+    rows = RowChunks(matrix, chunk_size)
+    if rows.n_obs == 0 or rows.n_vars == 0:
+        raise InputError(f"{where} has shape {rows.shape}; it needs at least one cell and one gene.")
+    summary = None
+    for chunk in range(rows.n_chunks):
+        chunk_summary = CountsSummary.of(rows.read(*rows.bounds(chunk), dtype=None), where)
+        summary = chunk_summary if summary is None else summary + chunk_summary
+    summary.raise_for_problems(where)
+
+
+def check_batch_column(adata: AnnData, key: str) -> None:
+    """Raise an :class:`~myvae.InputError` unless ``obs[key]`` can serve as a categorical batch covariate.
+
+    Strings and categories are accepted; a numeric column only with few distinct values (at most
+    :data:`MAX_NUMERIC_BATCHES`), as batch numbers are. Missing values are refused.
+    """
+    check_obs_key(adata, key, "batch_key")
+    column = adata.obs[key]
+    n_missing = int(column.isna().sum())
+    if n_missing:
+        raise InputError(
+            f"batch_key={key!r}: {n_missing} cells have no batch (NaN); fill them, e.g. "
+            f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)`, or remove those cells."
+        )
+    if pd.api.types.is_numeric_dtype(column) and not isinstance(column.dtype, pd.CategoricalDtype):
+        n_values = column.nunique()
+        if pd.api.types.is_float_dtype(column) and not np.array_equal(column, np.round(column)):
+            raise InputError(
+                f"batch_key={key!r} holds non-integer numbers; a batch is a category (a sample, a run). "
+                "Pass a column of labels, or convert it with `.astype('category')` if these are labels."
+            )
+        if n_values > MAX_NUMERIC_BATCHES:
+            raise InputError(
+                f"batch_key={key!r} is numeric with {n_values} distinct values, which looks like a continuous "
+                f"covariate, not batches; pass a column of batch labels, or convert it with `.astype('category')` "
+                "if these are labels."
+            )
+
+
+def batch_labels(column: pd.Series, categories: Sequence[str] | None = None) -> pd.Categorical:
+    """A batch column as categories named by strings: the form in which the model reads batches.
+
+    Parameters
+    ----------
+    column
+        A column of ``obs`` (checked by :func:`check_batch_column`).
+    categories
+        The batches of a trained model, in the model's order; a label outside them is an
+        :class:`~myvae.InputError`. ``None`` takes the column's categories in their order (sorted for a column that
+        is not categorical), leaving out those no cell has.
+    """
+    labels = column.astype(str)
+    if categories is None:
+        categorical = column if isinstance(column.dtype, pd.CategoricalDtype) else column.astype("category")
+        categories = [str(category) for category in categorical.cat.remove_unused_categories().cat.categories]
+    else:
+        unknown = sorted(set(labels) - set(categories))
+        if unknown:
+            raise InputError(
+                f"obs[{column.name!r}] holds batches the model was not trained on ({', '.join(unknown)}); the model "
+                f"knows {list(categories)}. Train a model on these batches."
+            )
+    return pd.Categorical(labels, categories=list(categories))
+
+
+def batch_code(batch: str | None, categories: Sequence[str], source: str) -> int | None:
+    """Check a ``transform_batch`` argument and return the code of its batch (``None`` for ``None``).
+
+    Parameters
+    ----------
+    batch
+        The batch asked for.
+    categories
+        The batches, in the order of their codes (fewer than two: the data or the model have no batches).
+    source
+        Where the batches come from, for the message (``"obs['sample']"``, ``"the model"``).
+    """
+    if batch is None:
+        return None
+    if len(categories) < 2:
+        raise InputError(
+            "transform_batch= needs batches; set up the data with mv.pp.setup_counts(adata, batch_key=...) naming a "
+            "column of at least two batches, and train on them."
+        )
+    if str(batch) not in categories:
+        raise InputError(f"transform_batch={batch!r} is not a batch of {source}: {list(categories)}.")
+    return list(categories).index(str(batch))
