@@ -36,7 +36,7 @@ def _pbmc_minibatch(batch_size: int) -> torch.Tensor:
 def profile_step(batch_size: int, steps: int = 20) -> tuple[float, dict[str, float]]:
     """Milliseconds per step, and milliseconds per step of each part of it."""
     import myvae as mv
-    from myvae.model._myvae import default_learning_rate
+    from myvae.model import default_learning_rate
 
     torch.manual_seed(0)
     counts = _pbmc_minibatch(batch_size)

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["myvae_torch_defaults"] = _run_in_subprocess(path, "myvae_torch", None, None)
                 results["scvi_SCVI_defaults"] = _run_in_subprocess(path, "scvi_SCVI", None, None)
             _add_ratios(results)
-            from myvae.model._myvae import DEFAULT_BATCH_SIZE
+            from myvae.model import DEFAULT_BATCH_SIZE
 
             ceiling = matmul_ceiling(n_genes, DEFAULT_BATCH_SIZE, device="cuda" if on_gpu else "cpu")
             entry = {"n_cells": n_cells, "n_genes": n_genes, "epochs": epochs, "results": results}

@@ -4,7 +4,7 @@ import pytest
 from helpers import fast_train_kwargs
 
 import myvae as mv
-from myvae.model._myvae import default_max_epochs
+from myvae.model import default_max_epochs
 
 
 @pytest.mark.parametrize("backend", ["torch", "pyro"])

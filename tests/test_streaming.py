@@ -9,8 +9,8 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 
 from myvae import InputError
-from myvae.model._datamodule import split_indices
 from myvae._counts import RowChunks, check_counts_in_chunks, is_out_of_core
+from myvae.model._datamodule import split_indices
 from myvae.model._streaming import StreamingCountsDataModule
 
 

@@ -11,14 +11,31 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+import numpy as np
+import pandas as pd
 import torch
+from anndata import AnnData, read_h5ad
+from scvi.model._utils import parse_device_args
 
+from myvae._checks import check_same_genes
+from myvae._counts import batch_labels
 from myvae._exceptions import InputError
 
-__all__ = ["FORMAT", "adata_path", "model_path", "prepare_directory", "read_model_file", "write_model_file"]
+from ._backends import BACKENDS
+
+__all__ = [
+    "FORMAT",
+    "SaveLoadMixin",
+    "adata_path",
+    "model_path",
+    "prepare_directory",
+    "read_model_file",
+    "write_model_file",
+]
 
 FORMAT = "myvae-model/1"
 """Written into every saved model; a file without it was not written by :meth:`myvae.MyVAE.save`."""
@@ -76,3 +93,131 @@ def read_model_file(dir_path: str | Path, prefix: str | None = None) -> dict[str
             f"{str(path)!r} was not saved by myvae (format {FORMAT!r}); save the model with `model.save(...)`."
         )
     return payload
+
+
+def _as_int_list(indices: Sequence[int] | None) -> list[int]:
+    return [] if indices is None else [int(i) for i in indices]
+
+
+class SaveLoadMixin:
+    """Save and load of :class:`~myvae.MyVAE`: weights, settings and history as tensors and plain data only."""
+
+    def save(
+        self,
+        dir_path: str | Path,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the trained model into a folder: weights and settings only, in a format that loads without pickle.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to create.
+        prefix
+            Prefix of the file names inside the folder.
+        overwrite
+            Replace the folder if it exists; otherwise an existing folder is an error and nothing is written.
+        save_anndata
+            Also save the model's AnnData (``adata.h5ad``), so that :meth:`load` needs no ``adata``.
+        **anndata_write_kwargs
+            Passed to :meth:`anndata.AnnData.write_h5ad`.
+        """
+        path = prepare_directory(dir_path, overwrite)
+        history = {key: frame.to_numpy(dtype=float).ravel().tolist() for key, frame in (self.history_ or {}).items()}
+        setup_args = self.adata_manager.registry["setup_args"]
+        write_model_file(
+            {
+                "model_state_dict": {key: value.detach().cpu() for key, value in self.module.state_dict().items()},
+                "var_names": [str(name) for name in self.adata.var_names],
+                "init_params": {"n_latent": self.n_latent, "n_hidden": self.n_hidden, "backend": self.backend},
+                "setup": {
+                    "layer": setup_args.get("layer"),
+                    "batch_key": setup_args.get("batch_key"),
+                    "batch_categories": self.batch_categories,
+                },
+                "is_trained": bool(self.is_trained_),
+                "history": history,
+                "train_indices": _as_int_list(getattr(self, "train_indices_", None)),
+                "validation_indices": _as_int_list(getattr(self, "validation_indices_", None)),
+            },
+            path,
+            prefix,
+        )
+        if save_anndata:
+            self.adata.write_h5ad(adata_path(path, prefix), **anndata_write_kwargs)
+
+    @classmethod
+    def saved_genes(cls, dir_path: str | Path, prefix: str | None = None) -> pd.Index:
+        """The genes, in order, of a model saved with :meth:`save` in ``dir_path``."""
+        return pd.Index(read_model_file(dir_path, prefix)["var_names"])
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | Path,
+        adata: AnnData | None = None,
+        *,
+        prefix: str | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ) -> Self:
+        """Load a model saved with :meth:`save`, refusing data with other genes and files that are not plain data.
+
+        The weights file is read with ``torch.load(..., weights_only=True)``: a file that holds anything but
+        tensors and plain data — a pickle that could run code — is refused with an :class:`~myvae.InputError`
+        before any of it runs. For a model trained with batches, ``adata.obs[batch_key]`` must hold only the
+        model's batches; it is made categorical with the model's batches, in the model's order.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            Data to attach, with the model's genes in the model's order; ``None`` uses the AnnData saved with the
+            model (``save_anndata=True``).
+        prefix
+            Prefix given to :meth:`save`.
+        accelerator
+            Lightning accelerator to put the model on (``"cpu"``, ``"gpu"``, ``"auto"``).
+        device
+            Device index or ``"auto"``.
+
+        Returns
+        -------
+        The trained model, in evaluation mode.
+        """
+        saved = read_model_file(dir_path, prefix)
+        if adata is None:
+            if not adata_path(dir_path, prefix).is_file():
+                raise InputError(
+                    f"The model in {str(dir_path)!r} was saved without its data; pass adata= with the model's genes."
+                )
+            adata = read_h5ad(adata_path(dir_path, prefix))
+        check_same_genes(pd.Index(saved["var_names"]), adata.var_names)
+        backend = saved["init_params"]["backend"]
+        if backend not in BACKENDS:
+            raise InputError(
+                f"The model was trained with backend {backend!r}, which is not registered in this session; "
+                "register it with myvae.model.register_backend before loading."
+            )
+        batch_key = saved["setup"].get("batch_key")
+        if batch_key is not None:
+            if batch_key not in adata.obs.columns:
+                raise InputError(
+                    f"The model was trained with batches from obs[{batch_key!r}]; the data have no such column."
+                )
+            adata.obs[batch_key] = batch_labels(adata.obs[batch_key], saved["setup"]["batch_categories"])
+        cls.setup_anndata(adata, layer=saved["setup"]["layer"], batch_key=batch_key)
+        model = cls(adata, **saved["init_params"])
+        model.module.load_state_dict(saved["model_state_dict"])
+        model.is_trained_ = saved["is_trained"]
+        model.history_ = {key: pd.DataFrame({key: values}) for key, values in saved["history"].items()}
+        model.train_indices_ = np.asarray(saved["train_indices"], dtype=int)
+        model.validation_indices_ = np.asarray(saved["validation_indices"], dtype=int)
+        _, _, device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+        model.to_device(device)
+        model.module.eval()
+        return model

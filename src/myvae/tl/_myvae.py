@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from importlib.metadata import version
 from os import PathLike
@@ -27,7 +26,8 @@ from myvae._counts import batch_code, batch_labels, counts_location, get_counts_
 from myvae._data import copy_data, resolve_data, write_aligned_obsm
 from myvae._exceptions import InputError, TrainingDivergedError
 from myvae.model import MyVAE
-from myvae.model._myvae import DEFAULT_BATCH_SIZE, check_backend, default_learning_rate, default_max_epochs
+from myvae.model._backends import check_backend
+from myvae.model._defaults import DEFAULT_BATCH_SIZE
 from myvae.model._quiet import quiet_training_logs
 from myvae.pp._setup_counts import SETUP_KEY, check_setup, read_setup
 
@@ -36,8 +36,6 @@ __all__ = ["myvae"]
 logger = logging.getLogger(__name__)
 
 _VERSIONED_PACKAGES = ("myvae", "scvi-tools", "torch", "pyro-ppl", "anndata")
-_WATCHERS = ("callbacks",)
-"""Training arguments that watch the training without shaping the result: not recorded in ``params``."""
 
 
 def _training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
@@ -86,19 +84,6 @@ def _fit_metrics(
         error = model.get_reconstruction_error(training_data, indices=np.sort(model.validation_indices))
         metrics["reconstruction_error_validation"] = error["reconstruction_loss"]
     return metrics
-
-
-def _resolved_train_arguments(**train_kwargs: Any) -> dict[str, Any]:
-    """Every argument of :meth:`MyVAE.train` that shapes the result, defaults filled in (not ``progress``)."""
-    bound = inspect.signature(MyVAE.train).bind(None, **train_kwargs)
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
-    if arguments["lr"] is None:
-        arguments["lr"] = default_learning_rate(arguments["batch_size"])
-    arguments.update(arguments.pop("trainer_kwargs"))
-    for name in ("self", "progress"):
-        arguments.pop(name)
-    return arguments
 
 
 def _storable(value: Any) -> Any:
@@ -317,17 +302,17 @@ def myvae(
     with quiet_training_logs():
         scvi.settings.seed = random_state
     if model is None:
-        train_arguments = _resolved_train_arguments(
-            max_epochs=max_epochs or default_max_epochs(adata.n_obs),
+        MyVAE.setup_anndata(training_data, batch_key=setup["batch_key"])
+        trained = MyVAE(training_data, n_latent=n_latent, n_hidden=n_hidden, backend=backend)
+        trained.train(
+            max_epochs=max_epochs,
             lr=lr,
             batch_size=batch_size,
             accelerator=accelerator,
+            progress=progress,
             **train_kwargs,
         )
-        MyVAE.setup_anndata(training_data, batch_key=setup["batch_key"])
-        trained = MyVAE(training_data, n_latent=n_latent, n_hidden=n_hidden, backend=backend)
-        trained.train(**train_arguments, progress=progress)
-        recorded = {name: value for name, value in train_arguments.items() if name not in _WATCHERS}
+        recorded = trained.training_settings_.as_record()
         params = {"backend": backend, "n_latent": n_latent, "n_hidden": n_hidden, **_storable(recorded)}
     else:
         trained = _reusable_model(model, training_data, accelerator)
