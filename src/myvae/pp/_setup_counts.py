@@ -9,6 +9,7 @@ from mudata import MuData
 
 from myvae._counts import check_batch_column, check_counts, counts_location, get_counts_matrix
 from myvae._data import copy_data, resolve_data
+from myvae._docs import COPY, DATA, MOD, doc_params
 
 __all__ = ["SETUP_KEY", "check_setup", "read_setup", "setup_counts"]
 
@@ -44,6 +45,7 @@ def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> Non
     check_counts(counts, counts_location(layer))
 
 
+@doc_params(data=DATA, mod=MOD, copy=COPY)
 def setup_counts(
     data: AnnData | MuData,
     layer: str | None = None,
@@ -62,18 +64,16 @@ def setup_counts(
 
     Parameters
     ----------
-    data
-        Annotated data matrix, cells × genes, or a MuData holding an RNA modality.
+    {data}
     layer
         Layer holding the raw counts; ``None`` uses ``adata.X``.
-    mod
-        For a MuData: the modality holding the RNA counts (e.g. ``"rna"``); the record goes into that modality.
+    {mod}
+        The record goes into that modality.
     batch_key
         Column of ``adata.obs`` naming each cell's batch (sample, run, donor): labels (strings or categories),
         or integers with few distinct values; no missing values. :func:`myvae.tl.myvae` then makes the decoder
         conditional on the batch, so the latent space need not encode it (batch correction, as in scVI).
-    copy
-        Return a copy instead of writing to ``data``.
+    {copy}
 
     Returns
     -------

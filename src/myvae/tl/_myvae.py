@@ -1,9 +1,13 @@
-"""``tl.myvae``: train the simple scVI model (or reuse a trained one) and write its embedding into the data."""
+"""``tl.myvae``: train the simple scVI model (or reuse a trained one) and write its embedding into the data.
+
+The function reads top to bottom as scanpy's tools do: check everything, train or reuse a model, compute the
+outputs and the record (:mod:`myvae.tl._record`), then write them, once, at the end — so that a failed call
+leaves the data as they were.
+"""
 
 from __future__ import annotations
 
 import logging
-from importlib.metadata import version
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -12,115 +16,37 @@ import numpy as np
 import pandas as pd
 import scvi
 from anndata import AnnData
+from lightning.pytorch.callbacks import Callback
 from mudata import MuData
 from scipy import sparse
 
-from myvae._checks import (
-    MIN_CELLS,
-    check_key_added,
-    check_positive_float,
-    check_positive_int,
-    check_same_genes,
-)
-from myvae._counts import batch_code, batch_labels, counts_location, get_counts_matrix, is_out_of_core
+from myvae._checks import MIN_CELLS, check_key_added, check_positive_float, check_positive_int, check_same_genes
+from myvae._counts import batch_code, batch_labels, get_counts_matrix, is_out_of_core
 from myvae._data import copy_data, resolve_data, write_aligned_obsm
+from myvae._docs import COPY, DATA, MOD, doc_params
 from myvae._exceptions import InputError, TrainingDivergedError
 from myvae.model import MyVAE
 from myvae.model._backends import check_backend
-from myvae.model._defaults import DEFAULT_BATCH_SIZE
+from myvae.model._defaults import BATCH_SIZE_DOC, CALLBACKS_DOC, DEFAULT_BATCH_SIZE, LR_DOC, MAX_EPOCHS_DOC
 from myvae.model._quiet import quiet_training_logs
 from myvae.pp._setup_counts import SETUP_KEY, check_setup, read_setup
+
+from ._record import assemble_record
 
 __all__ = ["myvae"]
 
 logger = logging.getLogger(__name__)
 
-_VERSIONED_PACKAGES = ("myvae", "scvi-tools", "torch", "pyro-ppl", "anndata")
 
-
-def _training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
-    """A bare AnnData around the counts (and batches), so that scvi-tools' registration never touches the user's.
-
-    Counts on disk (backed HDF5 or zarr, or a dask array) stay there: the bare AnnData refers to them.
-    """
-    counts = get_counts_matrix(adata, layer)
-    if is_out_of_core(counts):
-        matrix = counts  # read a chunk of cells at a time by the model, never loaded whole
-    elif sparse.issparse(counts):
-        matrix = sparse.csr_matrix(counts, dtype=np.float32)
-    else:
-        matrix = np.asarray(counts, dtype=np.float32)
-    obs = pd.DataFrame(index=adata.obs_names.copy())
-    if batch_key is not None:
-        obs[batch_key] = batch_labels(adata.obs[batch_key])
-    var = pd.DataFrame(index=adata.var_names.copy())
-    return AnnData(X=matrix, obs=obs, var=var)
-
-
-def _history_as_elbo(model: MyVAE) -> dict[str, np.ndarray]:
-    """Per-epoch training and held-out ELBO per cell (higher is better; scvi-tools logs its negative)."""
-    return {
-        key: -model.history[key].to_numpy(dtype=np.float64).ravel()
-        for key in ("elbo_train", "elbo_validation")
-        if model.history_ is not None and key in model.history_
-    }
-
-
-def _fit_metrics(
-    model: MyVAE, training_data: AnnData, history: dict[str, np.ndarray], *, pretrained: bool
-) -> dict[str, float]:
-    """How well the model fits: final training and held-out ELBO and held-out reconstruction error per cell.
-
-    For a reused model, the ELBO and reconstruction error of the cells it embedded.
-    """
-    if pretrained:
-        return {
-            "elbo": model.get_elbo(training_data),
-            "reconstruction_error": model.get_reconstruction_error(training_data)["reconstruction_loss"],
-        }
-    metrics = {f"final_{key}": float(values[-1]) for key, values in history.items() if len(values)}
-    if len(model.validation_indices):
-        # increasing order: the mean does not depend on it, and counts on disk are read that way
-        error = model.get_reconstruction_error(training_data, indices=np.sort(model.validation_indices))
-        metrics["reconstruction_error_validation"] = error["reconstruction_loss"]
-    return metrics
-
-
-def _storable(value: Any) -> Any:
-    """``value`` if an h5ad file can store it as a parameter, otherwise its ``repr``."""
-    if isinstance(value, str | bool | int | float | np.number):
-        return value
-    if isinstance(value, dict):
-        return {str(key): _storable(item) for key, item in value.items() if item is not None}
-    return repr(value)
-
-
-def _check_transform_batch(
-    adata: AnnData, batch_key: str | None, transform_batch: str | None, layer_added: str | None
-) -> None:
-    """Refuse a ``transform_batch`` that would do nothing or name no batch, before any training."""
-    if transform_batch is None:
-        return
-    if layer_added is None:
-        raise InputError("transform_batch= only shapes layer_added=; pass layer_added='...' too, or leave it out.")
-    batches = [] if batch_key is None else list(batch_labels(adata.obs[batch_key]).categories)
-    batch_code(transform_batch, batches, f"obs[{batch_key!r}]")
-
-
-def _reusable_model(model: MyVAE | str | PathLike, training_data: AnnData, accelerator: str) -> MyVAE:
-    """The model to embed ``training_data`` with: the object itself, or the model saved in that folder."""
-    if isinstance(model, MyVAE):
-        if not model.is_trained:
-            raise InputError("model= got an untrained MyVAE; train it first, or leave model= out to train here.")
-        return model
-    if not isinstance(model, str | PathLike) or not Path(model, "model.pt").is_file():
-        raise InputError(
-            f"model= takes a trained MyVAE or a folder written by `model.save(...)`; got {model!r}, which is neither."
-        )
-    with quiet_training_logs():
-        return MyVAE.load(model, adata=training_data, accelerator=accelerator)
-
-
+@doc_params(
+    data=DATA,
+    mod=MOD,
+    max_epochs=MAX_EPOCHS_DOC,
+    batch_size=BATCH_SIZE_DOC,
+    lr=LR_DOC,
+    callbacks=CALLBACKS_DOC,
+    copy=COPY,
+)
 def myvae(
     data: AnnData | MuData,
     *,
@@ -140,6 +66,7 @@ def myvae(
     model: MyVAE | str | PathLike | None = None,
     return_model: bool = False,
     progress: bool = True,
+    callbacks: list[Callback] | None = None,
     copy: bool = False,
     **train_kwargs: Any,
 ) -> AnnData | MuData | MyVAE | tuple[AnnData | MuData, MyVAE] | None:
@@ -158,12 +85,10 @@ def myvae(
 
     Parameters
     ----------
-    data
-        Annotated data matrix of raw counts, cells × genes (in memory, or backed on disk), or a MuData holding an
-        RNA modality.
-    mod
-        For a MuData: the modality holding the RNA counts (e.g. ``"rna"``). Results go into that modality and,
-        aligned to the MuData's cells (NaN rows for cells absent from the modality), into ``mdata.obsm``.
+    {data}
+    {mod}
+        Results go into that modality and, aligned to the MuData's cells (NaN rows for cells absent from the
+        modality), into ``mdata.obsm``.
     backend
         ``"torch"`` (the ELBO written in PyTorch) or ``"pyro"`` (Pyro's SVI with its mean-field ELBO). Both fit
         the same model. A module of your own registered with :func:`myvae.model.register_backend` trains by its
@@ -172,15 +97,11 @@ def myvae(
         Dimension of the embedding.
     n_hidden
         Width of the hidden layer of the encoder and decoder networks.
-    max_epochs
-        Most passes over the training cells; ``None`` picks a number from the data size (400 for up to 20,000
-        cells, fewer for more cells, at least 20). Training stops earlier once the held-out ELBO has not improved
-        for 45 epochs, scvi-tools' default (pass ``early_stopping=False`` to train all epochs).
-    batch_size
-        Cells per minibatch (512 by default: four times scvi-tools' default, for throughput).
-    lr
-        Learning rate of the Adam optimiser; ``None`` scales scvi-tools' 1e-3 (at 128 cells per batch) linearly
-        with ``batch_size``, i.e. 4e-3 at the default 512.
+    {max_epochs}
+        Training stops earlier once the held-out ELBO has not improved for 45 epochs, scvi-tools' default (pass
+        ``early_stopping=False`` to train all epochs).
+    {batch_size}
+    {lr}
     random_state
         Seed of every random draw; the same seed gives the same embedding on the same machine.
     accelerator
@@ -203,8 +124,8 @@ def myvae(
         Also return the trained (or reused) :class:`~myvae.MyVAE`.
     progress
         Show a progress bar while training.
-    copy
-        Return a copy instead of writing to ``data``.
+    {callbacks}
+    {copy}
     **train_kwargs
         Passed to :meth:`myvae.MyVAE.train`, e.g. ``early_stopping=False`` or ``train_size=0.8``.
 
@@ -264,8 +185,101 @@ def myvae(
     >>> new_cells.uns["myvae"]["params"]["pretrained"]
     True
     """
+    # check: everything, before any work
     check_backend(backend)
     adata, mdata = resolve_data(data, mod, "myvae", copy=copy)
+    setup = read_setup(adata)
+    layer, batch_key = setup["layer"], setup["batch_key"]
+    _check_arguments(
+        adata,
+        layer=layer,
+        batch_key=batch_key,
+        n_latent=n_latent,
+        n_hidden=n_hidden,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        library_size=library_size,
+        key_added=key_added,
+        layer_added=layer_added,
+        transform_batch=transform_batch,
+        model=model,
+        train_kwargs=train_kwargs,
+    )
+
+    # train, or reuse a trained model
+    training_data = _training_anndata(adata, layer, batch_key)
+    with quiet_training_logs():
+        scvi.settings.seed = random_state
+    if model is None:
+        MyVAE.setup_anndata(training_data, batch_key=batch_key)
+        trained = MyVAE(training_data, n_latent=n_latent, n_hidden=n_hidden, backend=backend)
+        trained.train(
+            max_epochs=max_epochs,
+            lr=lr,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            progress=progress,
+            callbacks=callbacks,
+            **train_kwargs,
+        )
+    else:
+        trained = _reusable_model(model, training_data, accelerator)
+
+    # assemble the outputs and the record
+    obsm_key = f"X_{key_added}"
+    embedding, layers = _outputs(trained, training_data, layer_added, library_size, transform_batch)
+    outputs = {
+        "obsm": obsm_key,
+        **({"layers": layer_added, "library_size": library_size} if layers else {}),
+        **({"transform_batch": transform_batch} if layers and transform_batch is not None else {}),
+    }
+    record = assemble_record(
+        trained,
+        training_data,
+        reused=model,
+        random_state=random_state,
+        layer=layer,
+        batch_key=batch_key,
+        outputs=outputs,
+    )
+
+    # write, once
+    if copy:
+        adata, mdata = copy_data(adata, mdata, mod)
+    if obsm_key in adata.obsm:
+        logger.warning("Overwriting adata.obsm[%r] with the new myvae embedding.", obsm_key)
+    adata.obsm[obsm_key] = embedding
+    adata.layers.update(layers)
+    adata.uns[key_added] = record
+    if SETUP_KEY not in adata.uns:
+        adata.uns[SETUP_KEY] = {}
+    if mdata is not None:
+        write_aligned_obsm(mdata, adata, obsm_key, embedding)
+    result = adata if mdata is None else mdata
+    if copy:
+        return (result, trained) if return_model else result
+    return trained if return_model else None
+
+
+def _check_arguments(
+    adata: AnnData,
+    *,
+    layer: str | None,
+    batch_key: str | None,
+    n_latent: int,
+    n_hidden: int,
+    max_epochs: int | None,
+    batch_size: int,
+    lr: float | None,
+    library_size: float,
+    key_added: str,
+    layer_added: str | None,
+    transform_batch: str | None,
+    model: MyVAE | str | PathLike | None,
+    train_kwargs: dict[str, Any],
+) -> None:
+    """Refuse, with the fix, every argument and every state of the data that :func:`myvae` cannot use."""
     check_positive_int(n_latent, "n_latent")
     check_positive_int(n_hidden, "n_hidden")
     check_positive_int(max_epochs, "max_epochs", allow_none=True)
@@ -276,53 +290,71 @@ def myvae(
     check_key_added(key_added)
     if layer_added is not None:
         check_key_added(layer_added, "layer_added")
-    setup = read_setup(adata)
-    check_setup(adata, setup["layer"], setup["batch_key"])
-    _check_transform_batch(adata, setup["batch_key"], transform_batch, layer_added)
-    if layer_added is not None and is_out_of_core(get_counts_matrix(adata, setup["layer"])):
+    check_setup(adata, layer, batch_key)
+    if transform_batch is not None:
+        if layer_added is None:
+            raise InputError("transform_batch= only shapes layer_added=; pass layer_added='...' too, or leave it out.")
+        batches = [] if batch_key is None else list(batch_labels(adata.obs[batch_key]).categories)
+        batch_code(transform_batch, batches, f"obs[{batch_key!r}]")
+    if layer_added is not None and is_out_of_core(get_counts_matrix(adata, layer)):
         raise InputError(
             "layer_added= would hold a dense cells × genes matrix in memory, and these counts are on disk; leave it "
             "out, and compute the denoised expression in parts with return_model=True and "
             "model.get_normalized_expression(indices=...)."
         )
-    if model is not None and train_kwargs:
+    if model is None:
+        if adata.n_obs < MIN_CELLS:
+            raise InputError(
+                f"The data have {adata.n_obs} cells; training needs at least {MIN_CELLS} "
+                "(10% of the cells are kept aside to score the model). Pass more cells."
+            )
+        return
+    if train_kwargs:
         raise InputError(
             f"Training arguments ({', '.join(train_kwargs)}) do nothing when model= reuses a trained model; "
             "leave them out, or train a new model by leaving out model=."
         )
-    if model is None and adata.n_obs < MIN_CELLS:
-        raise InputError(
-            f"The data have {adata.n_obs} cells; training needs at least {MIN_CELLS} "
-            "(10% of the cells are kept aside to score the model). Pass more cells."
-        )
     if isinstance(model, MyVAE):
         check_same_genes(model.adata.var_names, adata.var_names)
-
-    training_data = _training_anndata(adata, setup["layer"], setup["batch_key"])
-    with quiet_training_logs():
-        scvi.settings.seed = random_state
-    if model is None:
-        MyVAE.setup_anndata(training_data, batch_key=setup["batch_key"])
-        trained = MyVAE(training_data, n_latent=n_latent, n_hidden=n_hidden, backend=backend)
-        trained.train(
-            max_epochs=max_epochs,
-            lr=lr,
-            batch_size=batch_size,
-            accelerator=accelerator,
-            progress=progress,
-            **train_kwargs,
+        if not model.is_trained:
+            raise InputError("model= got an untrained MyVAE; train it first, or leave model= out to train here.")
+    elif not isinstance(model, str | PathLike) or not Path(model, "model.pt").is_file():
+        raise InputError(
+            f"model= takes a trained MyVAE or a folder written by `model.save(...)`; got {model!r}, which is neither."
         )
-        recorded = trained.training_settings_.as_record()
-        params = {"backend": backend, "n_latent": n_latent, "n_hidden": n_hidden, **_storable(recorded)}
-    else:
-        trained = _reusable_model(model, training_data, accelerator)
-        params = {
-            "backend": trained.backend,
-            "n_latent": trained.n_latent,
-            "n_hidden": trained.n_hidden,
-            "model": str(model) if not isinstance(model, MyVAE) else "MyVAE object",
-        }
 
+
+def _training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
+    """A bare AnnData around the counts (and batches), so that scvi-tools' registration never touches the user's.
+
+    Counts on disk (backed HDF5 or zarr, or a dask array) stay there: the bare AnnData refers to them.
+    """
+    counts = get_counts_matrix(adata, layer)
+    if is_out_of_core(counts):
+        matrix = counts  # read a chunk of cells at a time by the model, never loaded whole
+    elif sparse.issparse(counts):
+        matrix = sparse.csr_matrix(counts, dtype=np.float32)
+    else:
+        matrix = np.asarray(counts, dtype=np.float32)
+    obs = pd.DataFrame(index=adata.obs_names.copy())
+    if batch_key is not None:
+        obs[batch_key] = batch_labels(adata.obs[batch_key])
+    var = pd.DataFrame(index=adata.var_names.copy())
+    return AnnData(X=matrix, obs=obs, var=var)
+
+
+def _reusable_model(model: MyVAE | str | PathLike, training_data: AnnData, accelerator: str) -> MyVAE:
+    """The model to embed ``training_data`` with: the object itself, or the model saved in that folder."""
+    if isinstance(model, MyVAE):
+        return model
+    with quiet_training_logs():
+        return MyVAE.load(model, adata=training_data, accelerator=accelerator)
+
+
+def _outputs(
+    trained: MyVAE, training_data: AnnData, layer_added: str | None, library_size: float, transform_batch: str | None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The embedding and the layers to write; a :class:`~myvae.TrainingDivergedError` if the embedding is not finite."""
     with quiet_training_logs():
         embedding = trained.get_latent_representation(adata=training_data, give_mean=True).astype(np.float32)
         layers = {}
@@ -335,38 +367,4 @@ def myvae(
             "The model gives a non-finite embedding for some cells (its weights are no longer finite); train it "
             "again with a lower learning rate (lr=). Nothing was written to the data."
         )
-    history = _history_as_elbo(trained)
-    with quiet_training_logs():
-        metrics = _fit_metrics(trained, training_data, history, pretrained=model is not None)
-    obsm_key = f"X_{key_added}"
-    params.update(
-        {
-            "random_state": random_state,
-            "counts": counts_location(setup["layer"]),
-            **({"batch_key": setup["batch_key"], "batches": trained.batch_categories} if setup["batch_key"] else {}),
-            "pretrained": model is not None,
-            "epochs_trained": len(history.get("elbo_train", ())),
-            "outputs": {
-                "obsm": obsm_key,
-                **({"layers": layer_added, "library_size": library_size} if layers else {}),
-                **({"transform_batch": transform_batch} if layers and transform_batch is not None else {}),
-            },
-            "versions": {package: version(package) for package in _VERSIONED_PACKAGES},
-        }
-    )
-
-    if copy:
-        adata, mdata = copy_data(adata, mdata, mod)
-    if obsm_key in adata.obsm:
-        logger.warning("Overwriting adata.obsm[%r] with the new myvae embedding.", obsm_key)
-    adata.obsm[obsm_key] = embedding
-    adata.layers.update(layers)
-    adata.uns[key_added] = {"params": params, "history": history, "metrics": metrics}
-    if SETUP_KEY not in adata.uns:
-        adata.uns[SETUP_KEY] = {}
-    if mdata is not None:
-        write_aligned_obsm(mdata, adata, obsm_key, embedding)
-    result = adata if mdata is None else mdata
-    if copy:
-        return (result, trained) if return_model else result
-    return trained if return_model else None
+    return embedding, layers

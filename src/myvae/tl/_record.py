@@ -1,0 +1,113 @@
+"""The record :func:`myvae.tl.myvae` leaves in ``uns[key_added]``: what shaped the result, and how well it fits.
+
+``params`` holds every argument that shaped the result (the training settings with their defaults filled in, or
+the reused model), the counts and batches trained on, the outputs written and the package versions; ``history``
+the per-epoch ELBO; ``metrics`` the fit. Everything is stored as h5ad can store it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from os import PathLike
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from myvae._counts import counts_location
+from myvae.model import MyVAE
+from myvae.model._quiet import quiet_training_logs
+
+__all__ = ["VERSIONED_PACKAGES", "assemble_record", "fit_metrics", "history_as_elbo", "storable"]
+
+VERSIONED_PACKAGES = ("myvae", "scvi-tools", "torch", "pyro-ppl", "anndata")
+"""The packages whose versions every record holds."""
+
+
+def history_as_elbo(model: MyVAE) -> dict[str, np.ndarray]:
+    """Per-epoch training and held-out ELBO per cell (higher is better; scvi-tools logs its negative)."""
+    return {
+        key: -model.history[key].to_numpy(dtype=np.float64).ravel()
+        for key in ("elbo_train", "elbo_validation")
+        if model.history_ is not None and key in model.history_
+    }
+
+
+def fit_metrics(
+    model: MyVAE, training_data: AnnData, history: dict[str, np.ndarray], *, pretrained: bool
+) -> dict[str, float]:
+    """How well the model fits: final training and held-out ELBO and held-out reconstruction error per cell.
+
+    For a reused model, the ELBO and reconstruction error of the cells it embedded.
+    """
+    if pretrained:
+        return {
+            "elbo": model.get_elbo(training_data),
+            "reconstruction_error": model.get_reconstruction_error(training_data)["reconstruction_loss"],
+        }
+    metrics = {f"final_{key}": float(values[-1]) for key, values in history.items() if len(values)}
+    if len(model.validation_indices):
+        # increasing order: the mean does not depend on it, and counts on disk are read that way
+        error = model.get_reconstruction_error(training_data, indices=np.sort(model.validation_indices))
+        metrics["reconstruction_error_validation"] = error["reconstruction_loss"]
+    return metrics
+
+
+def storable(value: Any) -> Any:
+    """``value`` if an h5ad file can store it as a parameter, otherwise its ``repr``."""
+    if isinstance(value, str | bool | int | float | np.number):
+        return value
+    if isinstance(value, dict):
+        return {str(key): storable(item) for key, item in value.items() if item is not None}
+    return repr(value)
+
+
+def assemble_record(
+    trained: MyVAE,
+    training_data: AnnData,
+    *,
+    reused: MyVAE | str | PathLike | None,
+    random_state: int,
+    layer: str | None,
+    batch_key: str | None,
+    outputs: dict[str, Any],
+) -> dict[str, Any]:
+    """``uns[key_added]`` for a run: its ``params``, ``history`` and ``metrics``.
+
+    Parameters
+    ----------
+    trained
+        The model that embedded the cells.
+    training_data
+        The cells it embedded, as the model reads them.
+    reused
+        The ``model=`` argument of a run that reused a model; ``None`` when the run trained ``trained``.
+    random_state
+        The run's seed.
+    layer
+        The layer holding the counts (``None``: ``X``).
+    batch_key
+        The batch column, if any.
+    outputs
+        The keys the run writes.
+    """
+    history = history_as_elbo(trained)
+    with quiet_training_logs():
+        metrics = fit_metrics(trained, training_data, history, pretrained=reused is not None)
+    params = {"backend": trained.backend, "n_latent": trained.n_latent, "n_hidden": trained.n_hidden}
+    if reused is None:
+        params.update(storable(trained.training_settings_.as_record()))
+    else:
+        params["model"] = "MyVAE object" if isinstance(reused, MyVAE) else str(reused)
+    params.update(
+        {
+            "random_state": random_state,
+            "counts": counts_location(layer),
+            **({"batch_key": batch_key, "batches": trained.batch_categories} if batch_key else {}),
+            "pretrained": reused is not None,
+            "epochs_trained": len(history.get("elbo_train", ())),
+            "outputs": outputs,
+            "versions": {package: version(package) for package in VERSIONED_PACKAGES},
+        }
+    )
+    return {"params": params, "history": history, "metrics": metrics}
