@@ -43,9 +43,8 @@ def test_each_process_takes_an_equal_share_of_every_epoch(small_adata):
     shares = []
     for rank in (0, 1):
         module = CountsDataModule(small_adata.X, batch_size=8, seed=1)
-        loader = module._pass(module.train_idx, shuffle=True)
-        loader.rank, loader.world_size = rank, 2
-        shares.append(list(loader))
+        module.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        shares.append(list(module.train_dataloader()))
     assert len(shares[0]) == len(shares[1]) == 5  # 72 training cells: 36 each, 5 minibatches of at most 8
     first = np.concatenate([b["X"].to_dense().numpy() for b in shares[0]])
     second = np.concatenate([b["X"].to_dense().numpy() for b in shares[1]])

@@ -10,7 +10,7 @@ only its non-zero counts (:mod:`myvae.module._sparse`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from math import ceil
 
 import lightning.pytorch as pl
@@ -19,7 +19,22 @@ import torch
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
-__all__ = ["CountsDataModule", "CSRRows", "process_share", "split_indices"]
+from myvae._docs import doc_params
+
+SPLIT_DOC = """
+batch_index
+    Batch code of each cell (cells or cells × 1), if the model is conditioned on batches.
+train_size
+    Fraction of cells to train on; the others are the validation cells.
+batch_size
+    Cells per minibatch.
+seed
+    Seed of the split and of the shuffling; ``None`` draws a fresh one (as scvi-tools does when
+    ``scvi.settings.seed`` is unset).
+"""
+"""The parameters every data module takes."""
+
+__all__ = ["BaseCountsDataModule", "CSRRows", "CountsDataModule", "batch_codes", "process_share", "split_indices"]
 
 
 def split_indices(n_obs: int, train_size: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -144,22 +159,55 @@ class _Minibatches:
             yield self.gather(order[start : start + self.batch_size])
 
 
-class CountsDataModule(pl.LightningDataModule):
-    """Training and validation minibatches of a counts matrix, for scvi-tools' :class:`~scvi.train.TrainRunner`.
+@doc_params(split=SPLIT_DOC)
+class BaseCountsDataModule(pl.LightningDataModule):
+    """What both data modules share: the split of the cells, their batch codes and the source of the shuffling.
+
+    scvi-tools' :class:`~scvi.train.TrainRunner` reads the split (``train_idx``, ``val_idx``, ``test_idx``,
+    ``n_train``, ``n_val``); a subclass says how one pass over some of the cells is read (:meth:`_minibatches`).
+
+    Parameters
+    ----------
+    n_obs
+        Number of cells.
+    {split}
+    """
+
+    def __init__(
+        self, n_obs: int, *, batch_index: np.ndarray | None, train_size: float, batch_size: int, seed: int | None
+    ):
+        super().__init__()
+        self.batch_size = batch_size
+        self.train_idx, self.val_idx = split_indices(n_obs, train_size, seed)
+        self.test_idx = np.array([], dtype=int)
+        self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
+        self.batch_index = batch_codes(batch_index)
+        self.generator = seeded_generator(seed)
+
+    def _minibatches(self, indices: np.ndarray, shuffle: bool, rank: int, world_size: int) -> Iterable:
+        """One pass over ``indices`` (this process's share of them) in minibatches, shuffled when ``shuffle``."""
+        raise NotImplementedError
+
+    def train_dataloader(self) -> Iterable:
+        """Shuffled minibatches of the training cells (this process's share of them, under distributed training)."""
+        return self._minibatches(self.train_idx, True, *process_share(self.trainer))
+
+    def val_dataloader(self) -> Iterable:
+        """Minibatches of the validation cells (none if every cell trains)."""
+        if self.n_val == 0:
+            return []
+        return self._minibatches(self.val_idx, False, *process_share(self.trainer))
+
+
+@doc_params(split=SPLIT_DOC)
+class CountsDataModule(BaseCountsDataModule):
+    """Training and validation minibatches of a counts matrix held in memory, sliced from its CSR arrays.
 
     Parameters
     ----------
     counts
         Cells × genes counts, a SciPy sparse matrix or a NumPy array.
-    batch_index
-        Batch code of each cell (cells or cells × 1), if the model is conditioned on batches.
-    train_size
-        Fraction of cells to train on; the others are the validation cells.
-    batch_size
-        Cells per minibatch.
-    seed
-        Seed of the split and of the shuffling; ``None`` draws a fresh one (as scvi-tools does when
-        ``scvi.settings.seed`` is unset).
+    {split}
     """
 
     def __init__(
@@ -171,34 +219,17 @@ class CountsDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         seed: int | None = 0,
     ):
-        super().__init__()
-        self.n_obs, self.n_vars = counts.shape
-        self.batch_size = batch_size
-        self.train_idx, self.val_idx = split_indices(self.n_obs, train_size, seed)
-        self.test_idx = np.array([], dtype=int)
-        self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
+        super().__init__(
+            counts.shape[0], batch_index=batch_index, train_size=train_size, batch_size=batch_size, seed=seed
+        )
         self.counts = CSRRows(counts)
-        self.batch_index = batch_codes(batch_index)
-        self.n_batch = 1 if self.batch_index is None else int(self.batch_index.max()) + 1
-        self._generator = seeded_generator(seed)
 
-    def _pass(self, indices: np.ndarray, shuffle: bool) -> _Minibatches:
-        rank, world_size = process_share(self.trainer)
+    def _minibatches(self, indices: np.ndarray, shuffle: bool, rank: int, world_size: int) -> _Minibatches:
         return _Minibatches(
-            self.minibatch, indices, self.batch_size, shuffle, self._generator, rank=rank, world_size=world_size
+            self._gather, indices, self.batch_size, shuffle, self.generator, rank=rank, world_size=world_size
         )
 
-    def train_dataloader(self) -> _Minibatches:
-        """Shuffled minibatches of the training cells (this process's share of them, under distributed training)."""
-        return self._pass(self.train_idx, shuffle=True)
-
-    def val_dataloader(self) -> _Minibatches | list:
-        """Minibatches of the validation cells (none if every cell trains)."""
-        if self.n_val == 0:
-            return []
-        return self._pass(self.val_idx, shuffle=False)
-
-    def minibatch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The given cells as a minibatch: their counts (sparse CSR) and, with batches, their batch codes."""
         tensors = {REGISTRY_KEYS.X_KEY: self.counts[rows]}
         if self.batch_index is not None:

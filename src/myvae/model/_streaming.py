@@ -15,15 +15,15 @@ from itertools import islice
 from math import ceil
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
 from myvae._counts import DEFAULT_CHUNK_SIZE, RowChunks
+from myvae._docs import doc_params
 from myvae._exceptions import InputError
-from myvae.model._datamodule import CSRRows, batch_codes, process_share, seeded_generator, split_indices
+from myvae.model._datamodule import SPLIT_DOC, BaseCountsDataModule, CSRRows
 
 __all__ = ["StreamedMinibatches", "StreamingCountsDataModule", "streamed_rows"]
 
@@ -78,8 +78,6 @@ class StreamedMinibatches:
         self.generator = generator
         self.batch_index = batch_index
         self.max_minibatches = max_minibatches
-        self.largest_buffer = 0
-        """Most cells held at once so far (a check that memory stays bounded)."""
 
     def __len__(self) -> int:
         n_minibatches = ceil(len(self.indices) / self.batch_size)
@@ -117,7 +115,6 @@ class StreamedMinibatches:
             if carried is not None:
                 counts = sparse.vstack([carried[0], counts], format="csr")
                 cells = np.concatenate([carried[1], cells])
-            self.largest_buffer = max(self.largest_buffer, counts.shape[0])
             n_full = counts.shape[0] // self.batch_size * self.batch_size
             if n_full:
                 yield from self._minibatches(counts[:n_full], cells[:n_full])
@@ -135,7 +132,8 @@ class StreamedMinibatches:
             yield tensors
 
 
-class StreamingCountsDataModule(pl.LightningDataModule):
+@doc_params(split=SPLIT_DOC)
+class StreamingCountsDataModule(BaseCountsDataModule):
     """Training and validation minibatches read from disk a few chunks at a time, with bounded memory.
 
     The cells are split as :class:`~myvae.model.CountsDataModule` splits them for the same seed, so both modules
@@ -150,14 +148,7 @@ class StreamingCountsDataModule(pl.LightningDataModule):
     ----------
     counts
         Cells × genes counts, anything :class:`~myvae._counts.RowChunks` reads.
-    batch_index
-        Batch code of each cell, if the model is conditioned on batches (small: one integer per cell).
-    train_size
-        Fraction of cells to train on; the others are the validation cells.
-    batch_size
-        Cells per minibatch.
-    seed
-        Seed of the split and of the shuffling.
+    {split}
     chunk_size
         Consecutive cells read from disk at a time.
     buffer_chunks
@@ -175,20 +166,13 @@ class StreamingCountsDataModule(pl.LightningDataModule):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         buffer_chunks: int = 8,
     ):
-        super().__init__()
         self.rows = RowChunks(counts, chunk_size)
-        self.n_obs, self.n_vars = self.rows.shape
-        self.batch_size = batch_size
+        super().__init__(
+            self.rows.n_obs, batch_index=batch_index, train_size=train_size, batch_size=batch_size, seed=seed
+        )
         self.buffer_chunks = buffer_chunks
-        self.train_idx, self.val_idx = split_indices(self.n_obs, train_size, seed)
-        self.test_idx = np.array([], dtype=int)
-        self.n_train, self.n_val = len(self.train_idx), len(self.val_idx)
-        self.batch_index = batch_codes(batch_index)
-        self.n_batch = 1 if self.batch_index is None else int(self.batch_index.max()) + 1
-        self.generator = seeded_generator(seed)
 
-    def _pass(self, indices: np.ndarray, shuffle: bool) -> StreamedMinibatches:
-        rank, world_size = process_share(self.trainer)
+    def _minibatches(self, indices: np.ndarray, shuffle: bool, rank: int, world_size: int) -> StreamedMinibatches:
         max_minibatches = None
         if world_size > 1:
             blocks = np.array_split(np.sort(indices), world_size)
@@ -205,16 +189,6 @@ class StreamingCountsDataModule(pl.LightningDataModule):
             batch_index=self.batch_index,
             max_minibatches=max_minibatches,
         )
-
-    def train_dataloader(self) -> StreamedMinibatches:
-        """Minibatches of the training cells (of this process's block), shuffled within buffers of chunks."""
-        return self._pass(self.train_idx, shuffle=True)
-
-    def val_dataloader(self) -> StreamedMinibatches | list:
-        """Minibatches of the validation cells (of this process's block; none if every cell trains)."""
-        if self.n_val == 0:
-            return []
-        return self._pass(self.val_idx, shuffle=False)
 
 
 def streamed_rows(
