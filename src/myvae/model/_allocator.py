@@ -2,8 +2,8 @@
 
 Every training step allocates and frees the same few cells × genes tensors (a few MiB each). By default glibc
 serves blocks that large with ``mmap`` and unmaps them when they are freed, or trims the top of its heap, so each
-step faults the same memory in again, page by page: on a 2-core machine that was about a quarter of the training
-time (see the performance page). While training, :func:`reuse_freed_memory` raises glibc's ``mmap`` and trim
+step faults the same memory in again, page by page (what that costs is measured on the performance page, from
+``benchmarks/profile_step.py``). While training, :func:`reuse_freed_memory` raises glibc's ``mmap`` and trim
 thresholds so freed blocks are reused; afterwards it puts glibc's default thresholds back and returns the free
 memory to the system (``malloc_trim``). Elsewhere (macOS, Windows, musl) it does nothing.
 """

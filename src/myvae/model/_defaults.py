@@ -36,7 +36,7 @@ DEFAULT_EARLY_STOPPING_PATIENCE = 45
 """Epochs without a better held-out ELBO before training stops: scvi-tools' default.
 
 The epochs past the best held-out ELBO cost little and mix strongly differing batches better than a shorter
-patience; ``benchmarks/quality.py`` measures both (results in ``benchmarks/results/``).
+patience: the measurements (``benchmarks/quality.py``) are on the "Batches" page of the documentation.
 """
 
 MAX_EPOCHS_DOC = """
