@@ -1,11 +1,11 @@
 import os
-from pathlib import Path
 
 import anndata as ad
+import numpy as np
+import pandas as pd
 import pytest
 from anndata.tests.helpers import assert_equal
-
-DATA = Path(__file__).parent / "data"
+from helpers import SMALL_DATA
 
 # Scripts that tests run in their own processes (tests/scripts/ddp_train.py): not test modules.
 collect_ignore_glob = ["scripts/*"]
@@ -17,7 +17,24 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 @pytest.fixture
 def small_adata() -> ad.AnnData:
     """80 PBMC 3k cells × 230 genes of raw counts (tests/data/pbmc_small_80.h5ad)."""
-    return ad.read_h5ad(DATA / "pbmc_small_80.h5ad")
+    return ad.read_h5ad(SMALL_DATA)
+
+
+@pytest.fixture
+def backed_adata(small_adata, tmp_path) -> ad.AnnData:
+    """The same cells written to h5ad and opened with ``backed="r"``."""
+    path = tmp_path / "small.h5ad"
+    small_adata.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    yield backed
+    backed.file.close()
+
+
+@pytest.fixture
+def two_batch_adata(small_adata) -> ad.AnnData:
+    """The same cells in two batches, alternating: ``obs["sample"]`` is ``donor_a`` or ``donor_b``."""
+    small_adata.obs["sample"] = pd.Categorical(np.where(np.arange(small_adata.n_obs) % 2, "donor_b", "donor_a"))
+    return small_adata
 
 
 @pytest.fixture

@@ -1,6 +1,15 @@
 """Helpers shared by the tests."""
 
+from pathlib import Path
+
 import numpy as np
+
+TESTS = Path(__file__).parent
+DATA = TESTS / "data"
+SMALL_DATA = DATA / "pbmc_small_80.h5ad"
+"""80 PBMC 3k cells × 230 genes of raw counts."""
+SCRIPTS = TESTS / "scripts"
+"""Scripts that tests run in their own processes."""
 
 
 def fast_train_kwargs(**overrides):

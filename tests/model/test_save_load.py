@@ -1,7 +1,10 @@
+"""Saving and loading a model: the round trip, the data it needs, and the files and data it refuses."""
+
 import os
 
 import numpy as np
 import pandas as pd
+import pyro
 import pytest
 import torch
 from helpers import fast_train_kwargs
@@ -23,6 +26,20 @@ class _RunsCodeWhenUnpickled:
 @pytest.fixture
 def trained(small_adata):
     return mv.tl.myvae(small_adata, return_model=True, **fast_train_kwargs(max_epochs=2))
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_save_load_round_trip_reproduces_the_latent_space(small_adata, tmp_path, backend):
+    mv.MyVAE.setup_anndata(small_adata)
+    model = mv.MyVAE(small_adata, n_latent=4, backend=backend)
+    model.train(max_epochs=3, batch_size=32, progress=False, accelerator="cpu")
+    latent = model.get_latent_representation()
+    model.save(tmp_path / "model", save_anndata=False)
+    pyro.clear_param_store()  # everything the model needs is in the saved file, nothing in Pyro's global store
+
+    loaded = mv.MyVAE.load(tmp_path / "model", adata=small_adata, accelerator="cpu")
+    assert loaded.backend == backend and loaded.is_trained
+    np.testing.assert_allclose(loaded.get_latent_representation(), latent, rtol=1e-6, atol=1e-6)
 
 
 def test_loading_a_file_whose_pickle_runs_code_is_refused_and_runs_nothing(trained, tmp_path):
@@ -86,3 +103,30 @@ def test_a_model_saved_without_data_needs_adata(trained, tmp_path):
     trained.save(tmp_path / "model")
     with pytest.raises(InputError, match="saved without its data; pass adata="):
         mv.MyVAE.load(tmp_path / "model")
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_loading_for_different_genes_is_refused(small_adata, tmp_path, unchanged, backend):
+    trained = mv.tl.myvae(small_adata, backend=backend, return_model=True, **fast_train_kwargs(max_epochs=4))
+    trained.save(tmp_path / "model", save_anndata=False)
+    other = small_adata[:, :200].copy()
+    with unchanged(other):
+        with pytest.raises(mv.InputError, match="genes differ from the model's"):
+            mv.MyVAE.load(tmp_path / "model", adata=other)
+        with pytest.raises(mv.InputError, match="genes differ from the model's"):
+            mv.tl.myvae(other, model=tmp_path / "model")
+
+
+def test_a_batched_model_saves_loads_and_refuses_unknown_batches(two_batch_adata, tmp_path):
+    mv.pp.setup_counts(two_batch_adata, batch_key="sample")
+    model = mv.tl.myvae(two_batch_adata, return_model=True, **fast_train_kwargs(max_epochs=2))
+    model.save(tmp_path / "model")
+    reversed_cells = two_batch_adata[::-1].copy()
+    mv.tl.myvae(reversed_cells, model=tmp_path / "model", progress=False)
+    np.testing.assert_allclose(
+        reversed_cells.obsm["X_myvae"][::-1], two_batch_adata.obsm["X_myvae"], rtol=1e-5, atol=1e-5
+    )
+    other = two_batch_adata.copy()
+    other.obs["sample"] = "donor_c"
+    with pytest.raises(InputError, match="batches the model was not trained on \\(donor_c\\)"):
+        mv.MyVAE.load(tmp_path / "model", adata=other)

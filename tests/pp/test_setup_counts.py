@@ -45,7 +45,10 @@ def test_copy_returns_new_object_and_leaves_input(small_adata, unchanged):
 )
 def test_accepts_counts_in_any_common_storage(small_adata, as_counts):
     small_adata.X = as_counts(small_adata.X)
-    mv.pp.setup_counts(small_adata)
+    given = small_adata.X
+    assert mv.pp.setup_counts(small_adata) is None
+    assert dict(small_adata.uns["myvae_setup"]) == {}
+    assert small_adata.X is given  # checked where it is, neither converted nor copied
 
 
 def _set_value(value):
@@ -101,3 +104,18 @@ def test_mudata_needs_an_existing_modality(small_adata):
 def test_not_anndata_is_refused(small_adata):
     with pytest.raises(mv.InputError, match="expects an AnnData"):
         mv.pp.setup_counts(small_adata.X)
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        (lambda n: np.where(np.arange(n) < 3, None, "a"), r"3 cells have no batch \(NaN\)"),
+        (lambda n: np.linspace(0, 1, n), "holds non-integer numbers"),
+        (lambda n: np.arange(n), "numeric with 80 distinct values, which looks like a continuous covariate"),
+    ],
+    ids=["missing", "fractional", "continuous"],
+)
+def test_bad_batch_columns_are_refused_with_the_fix(small_adata, unchanged, column, message):
+    small_adata.obs["batch"] = column(small_adata.n_obs)
+    with unchanged(small_adata), pytest.raises(mv.InputError, match=message):
+        mv.pp.setup_counts(small_adata, batch_key="batch")

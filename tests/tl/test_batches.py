@@ -1,16 +1,9 @@
 import numpy as np
-import pandas as pd
 import pytest
 from helpers import assert_finite, fast_train_kwargs
 
 import myvae as mv
 from myvae import InputError
-
-
-@pytest.fixture
-def two_batch_adata(small_adata):
-    small_adata.obs["sample"] = pd.Categorical(np.where(np.arange(small_adata.n_obs) % 2, "donor_b", "donor_a"))
-    return small_adata
 
 
 @pytest.mark.parametrize("backend", ["torch", "pyro"])
@@ -42,21 +35,6 @@ def test_transform_batch_writes_expression_as_if_from_one_batch(two_batch_adata)
     assert not np.allclose(as_b[~in_b], own[~in_b], rtol=0.05)
 
 
-@pytest.mark.parametrize(
-    ("column", "message"),
-    [
-        (lambda n: np.where(np.arange(n) < 3, None, "a"), r"3 cells have no batch \(NaN\)"),
-        (lambda n: np.linspace(0, 1, n), "holds non-integer numbers"),
-        (lambda n: np.arange(n), "numeric with 80 distinct values, which looks like a continuous covariate"),
-    ],
-    ids=["missing", "fractional", "continuous"],
-)
-def test_bad_batch_columns_are_refused_with_the_fix(small_adata, unchanged, column, message):
-    small_adata.obs["batch"] = column(small_adata.n_obs)
-    with unchanged(small_adata), pytest.raises(InputError, match=message):
-        mv.pp.setup_counts(small_adata, batch_key="batch")
-
-
 def test_integer_batch_numbers_are_categories(small_adata):
     small_adata.obs["run"] = np.arange(small_adata.n_obs) % 3
     mv.pp.setup_counts(small_adata, batch_key="run")
@@ -81,18 +59,3 @@ def test_transform_batch_needs_batches(small_adata, unchanged):
     mv.pp.setup_counts(small_adata)
     with unchanged(small_adata), pytest.raises(InputError, match="needs batches"):
         mv.tl.myvae(small_adata, layer_added="x", transform_batch="a", **fast_train_kwargs())
-
-
-def test_a_batched_model_saves_loads_and_refuses_unknown_batches(two_batch_adata, tmp_path):
-    mv.pp.setup_counts(two_batch_adata, batch_key="sample")
-    model = mv.tl.myvae(two_batch_adata, return_model=True, **fast_train_kwargs(max_epochs=2))
-    model.save(tmp_path / "model")
-    reversed_cells = two_batch_adata[::-1].copy()
-    mv.tl.myvae(reversed_cells, model=tmp_path / "model", progress=False)
-    np.testing.assert_allclose(
-        reversed_cells.obsm["X_myvae"][::-1], two_batch_adata.obsm["X_myvae"], rtol=1e-5, atol=1e-5
-    )
-    other = two_batch_adata.copy()
-    other.obs["sample"] = "donor_c"
-    with pytest.raises(InputError, match="batches the model was not trained on \\(donor_c\\)"):
-        mv.MyVAE.load(tmp_path / "model", adata=other)

@@ -1,63 +1,14 @@
-"""Counts read from disk in chunks of rows: backed h5ad, zarr and dask inputs, the chunked counts check, and the
-streaming data module's passes (each training cell once per epoch, memory bounded, the in-memory split)."""
+"""The streaming data module's passes over counts on disk: each training cell once per epoch, memory bounded, the
+in-memory split and minibatches, the batch codes, and inference reads in increasing order."""
 
-import anndata as ad
 import numpy as np
 import pytest
 import torch
-from scipy import sparse
 from scvi import REGISTRY_KEYS
 
 from myvae import InputError
-from myvae._counts import RowChunks, check_counts_in_chunks, is_out_of_core
 from myvae.model._datamodule import split_indices
 from myvae.model._streaming import StreamingCountsDataModule
-
-
-@pytest.fixture
-def backed_adata(small_adata, tmp_path):
-    path = tmp_path / "small.h5ad"
-    small_adata.write_h5ad(path)
-    backed = ad.read_h5ad(path, backed="r")
-    yield backed
-    backed.file.close()
-
-
-def test_row_chunks_of_a_backed_h5ad_give_the_in_memory_rows(small_adata, backed_adata):
-    rows = RowChunks(backed_adata.X, chunk_size=23)
-    assert is_out_of_core(backed_adata.X) and not is_out_of_core(small_adata.X)
-    assert rows.n_chunks == 4 and rows.bounds(3) == (69, 80)
-    read = sparse.vstack([chunk for _, chunk in rows])
-    np.testing.assert_array_equal(read.toarray(), small_adata.X.toarray())
-    assert read.dtype == np.float32
-
-
-def test_row_chunks_of_zarr_and_dask_give_the_in_memory_rows(small_adata, tmp_path):
-    dask_array = pytest.importorskip("dask.array")
-    dense = small_adata.X.toarray()
-    lazy = dask_array.from_array(dense, chunks=(30, -1))
-    small_adata.write_zarr(tmp_path / "small.zarr")
-    lazy_adata = ad.experimental.read_lazy(tmp_path / "small.zarr")
-    for matrix in (lazy, lazy_adata.X):
-        assert is_out_of_core(matrix)
-        read = sparse.vstack([chunk for _, chunk in RowChunks(matrix, chunk_size=17)])
-        np.testing.assert_array_equal(read.toarray(), dense)
-
-
-def test_chunked_counts_check_sums_problems_over_chunks(small_adata, backed_adata):
-    check_counts_in_chunks(backed_adata.X, "adata.X", chunk_size=7)
-    dense = small_adata.X.toarray()
-    dense[[3, 40, 79]] = 0
-    with pytest.raises(InputError, match="3 cells have zero total counts in adata.X"):
-        check_counts_in_chunks(dense, "adata.X", chunk_size=7)
-    dense = small_adata.X.toarray()
-    dense[[3, 40], 0] = np.nan
-    with pytest.raises(InputError, match="holds 2 NaN or infinite values"):
-        check_counts_in_chunks(dense, "adata.X", chunk_size=7)
-    with pytest.raises(InputError, match="non-integer values"):
-        check_counts_in_chunks(np.log1p(small_adata.X.toarray()), "adata.X", chunk_size=7)
-    with pytest.raises(InputError, match="dtype bool"):
-        check_counts_in_chunks(small_adata.X.toarray() > 0, "adata.X", chunk_size=7)
 
 
 def _cells_of(minibatches, counts):

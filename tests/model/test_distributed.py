@@ -4,25 +4,25 @@ memory and from disk, and the refusal of the Pyro backend, which trains in one p
 import json
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import anndata as ad
 import numpy as np
 import pytest
-from helpers import fast_train_kwargs
+from helpers import SCRIPTS, SMALL_DATA, fast_train_kwargs
 
 import myvae as mv
 from myvae.model._datamodule import CountsDataModule
 from myvae.model._streaming import StreamingCountsDataModule
 
-SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
+SCRIPT = SCRIPTS / "ddp_train.py"
 
 
 @pytest.mark.parametrize("source", ["memory", "backed"])
 def test_ddp_on_two_cpu_processes_trains_and_writes_the_embedding_once_in_order(tmp_path, source):
-    data = Path(__file__).parent / "data" / "pbmc_small_80.h5ad"
-    arguments = [sys.executable, str(SCRIPT), str(data), str(tmp_path)] + (["backed"] if source == "backed" else [])
+    arguments = [sys.executable, str(SCRIPT), str(SMALL_DATA), str(tmp_path)] + (
+        ["backed"] if source == "backed" else []
+    )
     completed = subprocess.run(arguments, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]

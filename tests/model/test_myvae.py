@@ -1,24 +1,9 @@
 import numpy as np
-import pyro
 import pytest
 from helpers import fast_train_kwargs
 
 import myvae as mv
 from myvae.model import default_max_epochs
-
-
-@pytest.mark.parametrize("backend", ["torch", "pyro"])
-def test_save_load_round_trip_reproduces_the_latent_space(small_adata, tmp_path, backend):
-    mv.MyVAE.setup_anndata(small_adata)
-    model = mv.MyVAE(small_adata, n_latent=4, backend=backend)
-    model.train(max_epochs=3, batch_size=32, progress=False, accelerator="cpu")
-    latent = model.get_latent_representation()
-    model.save(tmp_path / "model", save_anndata=False)
-    pyro.clear_param_store()  # everything the model needs is in the saved file, nothing in Pyro's global store
-
-    loaded = mv.MyVAE.load(tmp_path / "model", adata=small_adata, accelerator="cpu")
-    assert loaded.backend == backend and loaded.is_trained
-    np.testing.assert_allclose(loaded.get_latent_representation(), latent, rtol=1e-6, atol=1e-6)
 
 
 def test_model_refuses_an_unknown_backend(small_adata):

@@ -1,10 +1,8 @@
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-
-DATA = Path(__file__).parent / "data" / "pbmc_small_80.h5ad"
+from helpers import SMALL_DATA
 
 _TRAIN_BOTH_BACKENDS = """
 import sys
@@ -24,7 +22,7 @@ np.savez(sys.argv[2], **{key: adata.obsm[f"X_{key}"] for key in ("torch", "pyro"
 def test_same_random_state_gives_bitwise_identical_embeddings_in_separate_processes(tmp_path):
     outputs = [tmp_path / f"run{i}.npz" for i in range(2)]
     for output in outputs:
-        subprocess.run([sys.executable, "-c", _TRAIN_BOTH_BACKENDS, str(DATA), str(output)], check=True)
+        subprocess.run([sys.executable, "-c", _TRAIN_BOTH_BACKENDS, str(SMALL_DATA), str(output)], check=True)
     first, second = (np.load(output) for output in outputs)
     for backend in ("torch", "pyro"):
         assert first[backend].tobytes() == second[backend].tobytes(), backend

@@ -12,22 +12,6 @@ def trained(request, small_adata) -> mv.MyVAE:
     return mv.tl.myvae(small_adata, backend=request.param, return_model=True, **fast_train_kwargs(max_epochs=5))
 
 
-def test_layer_added_is_normalised_expression(small_adata):
-    mv.tl.myvae(small_adata, layer_added="denoised", library_size=5000.0, **fast_train_kwargs(max_epochs=3))
-    denoised = small_adata.layers["denoised"]
-    assert denoised.shape == small_adata.shape and denoised.dtype == np.float32
-    assert (denoised >= 0).all()
-    np.testing.assert_allclose(denoised.sum(axis=1), 5000.0, rtol=1e-4)
-    outputs = small_adata.uns["myvae"]["params"]["outputs"]
-    assert outputs["layers"] == "denoised" and outputs["library_size"] == 5000.0
-
-
-def test_only_what_was_asked_for_is_written(small_adata):
-    mv.tl.myvae(small_adata, **fast_train_kwargs(max_epochs=2))
-    assert list(small_adata.layers) == []
-    assert dict(small_adata.uns["myvae"]["params"]["outputs"]) == {"obsm": "X_myvae"}
-
-
 def test_model_posterior_outputs(trained, small_adata):
     expression = trained.get_normalized_expression(library_size=1e4)
     assert isinstance(expression, pd.DataFrame)
