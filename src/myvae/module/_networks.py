@@ -8,10 +8,24 @@ from torch import nn
 from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
+from myvae._docs import doc_params
+
 from ._likelihood import NegativeBinomialSoftmax
 from ._sparse import is_sparse_csr, sparse_linear
 
-__all__ = ["VAENetworks", "cell_log_likelihood", "counts_for", "one_hidden_layer_mlp"]
+__all__ = ["SIZES_DOC", "VAENetworks", "cell_log_likelihood", "counts_for", "one_hidden_layer_mlp"]
+
+SIZES_DOC = """
+n_input
+    Number of genes.
+n_latent
+    Dimension of the latent space.
+n_hidden
+    Width of the hidden layer of every network.
+n_batch
+    Number of batches the decoder is conditioned on; with one, it reads :math:`z` alone.
+"""
+"""The sizes every module and its networks are built with."""
 
 VARIANCE_FLOOR = 1e-4
 """Added to the encoder's variance so that a collapsed ``exp`` never yields a zero scale."""
@@ -55,6 +69,7 @@ def cell_log_likelihood(px: torch.distributions.Distribution, x: torch.Tensor) -
     return per_cell.log_prob(x)
 
 
+@doc_params(sizes=SIZES_DOC)
 class VAENetworks(nn.Module):
     r"""Encoder, decoder and gene-wise inverse dispersion of the simple scVI model.
 
@@ -68,14 +83,7 @@ class VAENetworks(nn.Module):
 
     Parameters
     ----------
-    n_input
-        Number of genes.
-    n_latent
-        Dimension of the latent space.
-    n_hidden
-        Width of the hidden layer of every network.
-    n_batch
-        Number of batches; with one, the decoder reads :math:`z` alone.
+    {sizes}
     """
 
     def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128, n_batch: int = 1):

@@ -10,12 +10,15 @@ from pyro import poutine
 from scvi import REGISTRY_KEYS
 from scvi.module.base import PyroBaseModuleClass
 
+from myvae._docs import doc_params
+
 from ._base import SharedNetworksMixin, batch_of, observed_library
-from ._networks import counts_for
+from ._networks import SIZES_DOC, counts_for
 
 __all__ = ["PyroVAEModule"]
 
 
+@doc_params(sizes=SIZES_DOC)
 class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
     r"""The simple scVI model as an scvi-tools :class:`~scvi.module.base.PyroBaseModuleClass`.
 
@@ -27,14 +30,7 @@ class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
 
     Parameters
     ----------
-    n_input
-        Number of genes.
-    n_latent
-        Dimension of the latent space.
-    n_hidden
-        Width of the hidden layer of every network.
-    n_batch
-        Number of batches the decoder is conditioned on (1: none).
+    {sizes}
     """
 
     @staticmethod

@@ -6,11 +6,15 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
+from myvae._docs import doc_params
+
 from ._base import SharedNetworksMixin, batch_of
+from ._networks import SIZES_DOC
 
 __all__ = ["TorchVAEModule"]
 
 
+@doc_params(sizes=SIZES_DOC)
 class TorchVAEModule(SharedNetworksMixin, BaseModuleClass):
     r"""The simple scVI model as an scvi-tools :class:`~scvi.module.base.BaseModuleClass`.
 
@@ -25,14 +29,7 @@ class TorchVAEModule(SharedNetworksMixin, BaseModuleClass):
 
     Parameters
     ----------
-    n_input
-        Number of genes.
-    n_latent
-        Dimension of the latent space.
-    n_hidden
-        Width of the hidden layer of every network.
-    n_batch
-        Number of batches the decoder is conditioned on (1: none).
+    {sizes}
     """
 
     def _get_generative_input(
