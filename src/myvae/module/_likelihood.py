@@ -345,51 +345,72 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
         ctx, x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, wants_gradient: bool
     ) -> torch.Tensor:
         shape = torch.broadcast_shapes(x.shape, log_mu.shape, log_theta.shape)
-        x = x.expand(shape)
         theta = log_theta.exp()
-        u = log_mu - log_theta
+        u = (log_mu - log_theta).expand(shape).contiguous()
         softplus_u = F.softplus(u)
-        out = (softplus_u * theta).neg_().expand(shape).clone()
-        where = torch.nonzero(x, as_tuple=True)
-        x_at, theta_at = x[where], theta.expand(shape)[where]
+        out = (softplus_u * theta).neg_()
+        counts = x.expand(shape).reshape(-1)
+        at = torch.nonzero(counts).squeeze(-1)  # the non-zero counts in the flattened arrays
+        x_at, theta_at = counts.index_select(0, at), _gather(theta, shape, at)
+        whole = _whole_counts(x_at)
+        if whole and log_theta.shape == shape[-1:]:  # one inverse dispersion per gene
+            remainders = _remainder_differences_per_gene(theta, log_theta, at % theta.numel())
+        else:
+            remainders = _remainder_differences(theta_at)
         log_prob, at_counts = _log_prob_at_counts(
-            x_at,
-            log_mu.expand(shape)[where],
-            log_theta.expand(shape)[where],
-            theta_at,
-            _remainder_differences(theta_at),
-            _whole_counts(x_at),
-            wants_gradient,
+            x_at, _gather(log_mu, shape, at), _gather(log_theta, shape, at), theta_at, remainders, whole, wants_gradient
         )
-        out.index_put_(where, log_prob)
+        out.view(-1).index_copy_(0, at, log_prob)
         if wants_gradient:
             d_log_mu, d_log_theta, _ = at_counts
-            ctx.save_for_backward(u, softplus_u, log_theta, theta, d_log_mu, d_log_theta, *where)
+            ctx.save_for_backward(u, softplus_u, log_mu, theta, at, d_log_mu, d_log_theta)
             ctx.shapes = (shape, log_mu.shape, log_theta.shape)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, torch.Tensor | None, None]:
-        u, softplus_u, log_theta, theta, d_log_mu_at, d_log_theta_at, *where = ctx.saved_tensors
+        u, softplus_u, log_mu, theta, at, d_log_mu_at, d_log_theta_at = ctx.saved_tensors
         shape, log_mu_shape, log_theta_shape = ctx.shapes
-        where = tuple(where)
-        u = u.expand(shape)
         p = torch.sigmoid(u)
         grad_log_mu = grad_log_theta = None
         if ctx.needs_input_grad[2]:
-            softplus_u = softplus_u.expand(shape)
             d_log_theta = (p - softplus_u).mul_(theta)
-            refine = torch.nonzero(u > _LOG_ZERO_COUNT_REFINE_ABOVE - log_theta, as_tuple=True)
-            if refine[0].numel():
-                at = (p[refine], softplus_u[refine], theta.expand(shape)[refine])
-                d_log_theta.index_put_(refine, _log_theta_derivative_at_zeros(*at))
-            d_log_theta.index_put_(where, d_log_theta_at)
+            refine = _large_means(log_mu.expand(shape).reshape(-1, shape[-1] if shape else 1), 0.0)
+            if refine.numel():
+                parts = (p.view(-1)[refine], softplus_u.view(-1)[refine], _gather(theta, shape, refine))
+                d_log_theta.view(-1).index_copy_(0, refine, _log_theta_derivative_at_zeros(*parts))
+            d_log_theta.view(-1).index_copy_(0, at, d_log_theta_at)
             grad_log_theta = (grad * d_log_theta).sum_to_size(log_theta_shape)
         if ctx.needs_input_grad[1]:
             d_log_mu = (p * theta).neg_()
-            d_log_mu.index_put_(where, d_log_mu_at)
+            d_log_mu.view(-1).index_copy_(0, at, d_log_mu_at)
             grad_log_mu = (grad * d_log_mu).sum_to_size(log_mu_shape)
         return None, grad_log_mu, grad_log_theta, None
+
+
+def _gather(values: torch.Tensor, shape: torch.Size, at: torch.Tensor) -> torch.Tensor:
+    """The entries ``at`` of ``values`` broadcast to ``shape`` and flattened, without copying it where it can."""
+    if values.shape == shape:
+        return values.reshape(-1).index_select(0, at)
+    if values.dim() and values.shape == shape[-values.dim() :]:  # e.g. one value per gene
+        return values.reshape(-1).index_select(0, at % values.numel())
+    return values.expand(shape).reshape(-1).index_select(0, at)
+
+
+def _large_means(log_mu_minus: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
+    r"""Where :math:`\mu > 256`, as indices into a flattened cells × genes array.
+
+    ``log_mu_minus`` holds :math:`\log\mu` minus ``shift``, which is one number or one per gene. Only the genes
+    (columns) with a large mean in some cell are searched entry by entry.
+    """
+    threshold = _LOG_ZERO_COUNT_REFINE_ABOVE - shift
+    genes = torch.nonzero(log_mu_minus.amax(dim=0) > threshold).squeeze(-1)
+    if not genes.numel():
+        return genes
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.index_select(0, genes)
+    cells, among = torch.nonzero(log_mu_minus.index_select(1, genes) > threshold, as_tuple=True)
+    return cells * log_mu_minus.shape[-1] + genes.index_select(0, among)
 
 
 class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
@@ -455,12 +476,9 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         grad_logits = grad_log_theta = None
         if ctx.needs_input_grad[3]:
             d_log_theta = (p - softplus_u).mul_(theta)
-            threshold = _LOG_ZERO_COUNT_REFINE_ABOVE - log_theta
-            genes = torch.nonzero(u.amax(dim=0) > threshold).squeeze(-1)  # with a large mean in some cell
-            if genes.numel():
-                cells, among = torch.nonzero(u.index_select(1, genes) > threshold[genes], as_tuple=True)
-                refine = cells * u.shape[-1] + genes[among]
-                parts = (p.view(-1)[refine], softplus_u.view(-1)[refine], theta[genes[among]])
+            refine = _large_means(u, log_theta)
+            if refine.numel():
+                parts = (p.view(-1)[refine], softplus_u.view(-1)[refine], theta[refine % theta.numel()])
                 d_log_theta.view(-1).index_copy_(0, refine, _log_theta_derivative_at_zeros(*parts))
             d_log_theta.view(-1).index_copy_(0, at, d_log_theta_at)
             grad_log_theta = torch.mv(d_log_theta.T, grad)
