@@ -17,7 +17,6 @@ from pyro.infer import TraceMeanField_ELBO
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
-from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.module.base import BaseModuleClass, PyroBaseModuleClass
 from scvi.train import TrainRunner
@@ -30,7 +29,14 @@ from ._datamodule import CountsDataModule
 from ._guards import interrupts_stay_interrupts
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._quiet import quiet_training_logs
-from ._save_load import adata_path, prepare_directory, read_model_file, write_model_file
+from ._save_load import (
+    adata_path,
+    model_payload,
+    prepare_directory,
+    read_model_file,
+    restore_model,
+    write_model_file,
+)
 from ._streaming import StreamingCountsDataModule, is_out_of_core, streamed_rows
 from ._training_plan import LeanTrainingPlan
 
@@ -129,20 +135,6 @@ def default_max_epochs(n_obs: int) -> int:
     return min(400, max(20, round(8_000_000 / max(n_obs, 1))))
 
 
-def _align_batches(adata: AnnData, batch_key: str, categories: list[str]) -> None:
-    """Give ``adata.obs[batch_key]`` the saved batches as categories, refusing batches the model never saw."""
-    if batch_key not in adata.obs.columns:
-        raise InputError(f"The model was trained with batches from obs[{batch_key!r}]; the data have no such column.")
-    labels = adata.obs[batch_key].astype(str)
-    unknown = sorted(set(labels) - set(categories))
-    if unknown:
-        raise InputError(
-            f"obs[{batch_key!r}] holds batches the model was not trained on ({', '.join(unknown)}); the model "
-            f"knows {categories}. Train a model on these batches."
-        )
-    adata.obs[batch_key] = pd.Categorical(labels, categories=categories)
-
-
 def _several_processes(devices: int | list[int] | str, strategy: object) -> bool:
     """Whether Lightning will train on more than one device or with a distributed strategy."""
     if isinstance(devices, int) and devices > 1 or isinstance(devices, list | tuple) and len(devices) > 1:
@@ -150,10 +142,6 @@ def _several_processes(devices: int | list[int] | str, strategy: object) -> bool
     if isinstance(devices, str) and devices.strip() not in ("auto", "1"):
         return True
     return isinstance(strategy, str) and "ddp" in strategy or strategy is not None and not isinstance(strategy, str)
-
-
-def _as_int_list(indices: Sequence[int] | None) -> list[int]:
-    return [] if indices is None else [int(i) for i in indices]
 
 
 class MyVAE(VAEMixin, BaseModelClass):
@@ -366,25 +354,7 @@ class MyVAE(VAEMixin, BaseModelClass):
             Passed to :meth:`anndata.AnnData.write_h5ad`.
         """
         path = prepare_directory(dir_path, overwrite)
-        history = {key: frame.to_numpy(dtype=float).ravel().tolist() for key, frame in (self.history_ or {}).items()}
-        write_model_file(
-            {
-                "model_state_dict": {key: value.detach().cpu() for key, value in self.module.state_dict().items()},
-                "var_names": [str(name) for name in self.adata.var_names],
-                "init_params": {"n_latent": self.n_latent, "n_hidden": self.n_hidden, "backend": self.backend},
-                "setup": {
-                    "layer": self.adata_manager.registry["setup_args"].get("layer"),
-                    "batch_key": self.adata_manager.registry["setup_args"].get("batch_key"),
-                    "batch_categories": self.batch_categories,
-                },
-                "is_trained": bool(self.is_trained_),
-                "history": history,
-                "train_indices": _as_int_list(getattr(self, "train_indices_", None)),
-                "validation_indices": _as_int_list(getattr(self, "validation_indices_", None)),
-            },
-            path,
-            prefix,
-        )
+        write_model_file(model_payload(self), path, prefix)
         if save_anndata:
             self.adata.write_h5ad(adata_path(path, prefix), **anndata_write_kwargs)
 
@@ -438,20 +408,36 @@ class MyVAE(VAEMixin, BaseModelClass):
                 f"The model was trained with backend {backend!r}, which is not registered in this session; "
                 "register it with myvae.model.register_backend before loading."
             )
-        batch_key = saved["setup"].get("batch_key")
-        if batch_key is not None:
-            _align_batches(adata, batch_key, saved["setup"]["batch_categories"])
-        cls.setup_anndata(adata, layer=saved["setup"]["layer"], batch_key=batch_key)
-        model = cls(adata, **saved["init_params"])
-        model.module.load_state_dict(saved["model_state_dict"])
-        model.is_trained_ = saved["is_trained"]
-        model.history_ = {key: pd.DataFrame({key: values}) for key, values in saved["history"].items()}
-        model.train_indices_ = np.asarray(saved["train_indices"], dtype=int)
-        model.validation_indices_ = np.asarray(saved["validation_indices"], dtype=int)
-        _, _, device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
-        model.to_device(device)
-        model.module.eval()
-        return model
+        return restore_model(cls, saved, adata, accelerator=accelerator, device=device)
+
+    @classmethod
+    def from_anndata(
+        cls, adata: AnnData, key: str = "myvae", *, accelerator: str = "auto", device: int | str = "auto"
+    ) -> MyVAE:
+        """The model an AnnData carries in ``adata.uns[key]["model"]`` (written by :func:`myvae.tl.myvae`).
+
+        The record holds only arrays and scalars and is checked before use (see
+        :func:`~myvae.model.model_from_record`): a malformed or altered one is refused with an
+        :class:`~myvae.InputError`, and loading runs no code. The model is attached to a new AnnData around the
+        carrying AnnData's counts (``uns["myvae_setup"]``'s layer, else the model's, else ``X``) when that has the
+        model's genes; otherwise to a placeholder with the model's genes and one empty cell. ``adata`` itself is
+        never modified.
+
+        Parameters
+        ----------
+        adata
+            AnnData written by ``mv.tl.myvae(adata, key_added=key)`` (for a MuData, its modality), in this session or
+            read back from an h5ad/h5mu file.
+        key
+            The ``key_added`` it was trained with.
+        accelerator
+            Lightning accelerator to put the model on (``"cpu"``, ``"gpu"``, ``"auto"``).
+        device
+            Device index or ``"auto"``.
+        """
+        from ._record import model_from_anndata
+
+        return model_from_anndata(adata, key, accelerator=accelerator, device=device)
 
     def _make_data_loader(
         self,

@@ -11,14 +11,32 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
 import torch
+from anndata import AnnData
+from scvi.model._utils import parse_device_args
 
 from myvae._checks import InputError
 
-__all__ = ["FORMAT", "adata_path", "model_path", "prepare_directory", "read_model_file", "write_model_file"]
+if TYPE_CHECKING:
+    from ._myvae import MyVAE
+
+__all__ = [
+    "FORMAT",
+    "adata_path",
+    "align_batches",
+    "model_path",
+    "model_payload",
+    "prepare_directory",
+    "read_model_file",
+    "restore_model",
+    "write_model_file",
+]
 
 FORMAT = "myvae-model/1"
 """Written into every saved model; a file without it was not written by :meth:`myvae.MyVAE.save`."""
@@ -76,3 +94,71 @@ def read_model_file(dir_path: str | Path, prefix: str | None = None) -> dict[str
             f"{str(path)!r} was not saved by myvae (format {FORMAT!r}); save the model with `model.save(...)`."
         )
     return payload
+
+
+def _as_int_list(indices: Sequence[int] | None) -> list[int]:
+    return [] if indices is None else [int(i) for i in indices]
+
+
+def model_payload(model: MyVAE) -> dict[str, Any]:
+    """What a saved model holds: the weights (tensors on the CPU), the settings and the history, as plain data.
+
+    :meth:`~myvae.MyVAE.save` writes it into ``model.pt``; :func:`myvae.model.model_to_record` turns it into arrays
+    for ``adata.uns``. :func:`restore_model` builds the model back from it.
+    """
+    setup_args = model.adata_manager.registry["setup_args"]
+    history = {key: frame.to_numpy(dtype=float).ravel().tolist() for key, frame in (model.history_ or {}).items()}
+    return {
+        "model_state_dict": {key: value.detach().cpu() for key, value in model.module.state_dict().items()},
+        "var_names": [str(name) for name in model.adata.var_names],
+        "init_params": {"n_latent": model.n_latent, "n_hidden": model.n_hidden, "backend": model.backend},
+        "setup": {
+            "layer": setup_args.get("layer"),
+            "batch_key": setup_args.get("batch_key"),
+            "batch_categories": model.batch_categories,
+        },
+        "is_trained": bool(model.is_trained_),
+        "history": history,
+        "train_indices": _as_int_list(getattr(model, "train_indices_", None)),
+        "validation_indices": _as_int_list(getattr(model, "validation_indices_", None)),
+    }
+
+
+def align_batches(adata: AnnData, batch_key: str, categories: list[str]) -> None:
+    """Give ``adata.obs[batch_key]`` the saved batches as categories, refusing batches the model never saw."""
+    if batch_key not in adata.obs.columns:
+        raise InputError(f"The model was trained with batches from obs[{batch_key!r}]; the data have no such column.")
+    labels = adata.obs[batch_key].astype(str)
+    unknown = sorted(set(labels) - set(categories))
+    if unknown:
+        raise InputError(
+            f"obs[{batch_key!r}] holds batches the model was not trained on ({', '.join(unknown)}); the model "
+            f"knows {categories}. Train a model on these batches."
+        )
+    adata.obs[batch_key] = pd.Categorical(labels, categories=categories)
+
+
+def restore_model(
+    cls: type[MyVAE], payload: dict[str, Any], adata: AnnData, *, accelerator: str, device: int | str
+) -> MyVAE:
+    """Build the model described by a checked ``payload`` (see :func:`model_payload`) around ``adata``.
+
+    ``adata`` must have the model's genes in the model's order and, for a model trained with batches, the batch
+    column (made categorical with the model's batches, in the model's order); it is registered with
+    :meth:`~myvae.MyVAE.setup_anndata`. Missing ``train_indices``/``validation_indices`` are left empty.
+    """
+    setup = payload["setup"]
+    batch_key = setup.get("batch_key")
+    if batch_key is not None:
+        align_batches(adata, batch_key, setup["batch_categories"])
+    cls.setup_anndata(adata, layer=setup.get("layer"), batch_key=batch_key)
+    model = cls(adata, **payload["init_params"])
+    model.module.load_state_dict(payload["model_state_dict"])
+    model.is_trained_ = payload["is_trained"]
+    model.history_ = {key: pd.DataFrame({key: values}) for key, values in payload["history"].items()}
+    model.train_indices_ = np.asarray(payload.get("train_indices", []), dtype=int)
+    model.validation_indices_ = np.asarray(payload.get("validation_indices", []), dtype=int)
+    _, _, torch_device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+    model.to_device(torch_device)
+    model.module.eval()
+    return model
