@@ -19,7 +19,7 @@ from scipy import sparse
 from myvae._checks import MIN_CELLS
 from myvae._counts import check_counts
 from myvae._exceptions import InputError
-from myvae.pp._setup_counts import check_setup, read_setup
+from myvae._setup import check_setup, read_setup
 
 __all__ = [
     "CLUSTER_COLUMN",

@@ -12,6 +12,7 @@ from ._defaults import (
 )
 from ._myvae import MyVAE
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
+from ._record import model_from_record, model_to_record
 from ._training_plan import LeanTrainingPlan
 
 __all__ = [
@@ -26,5 +27,7 @@ __all__ = [
     "ValidatedPyroTrainingPlan",
     "default_learning_rate",
     "default_max_epochs",
+    "model_from_record",
+    "model_to_record",
     "register_backend",
 ]

@@ -13,7 +13,7 @@ import pickle
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pandas as pd
@@ -27,13 +27,18 @@ from myvae._exceptions import InputError
 
 from ._backends import BACKENDS
 
+if TYPE_CHECKING:
+    from ._myvae import MyVAE
+
 __all__ = [
     "FORMAT",
     "SaveLoadMixin",
     "adata_path",
     "model_path",
+    "model_payload",
     "prepare_directory",
     "read_model_file",
+    "restore_model",
     "write_model_file",
 ]
 
@@ -99,6 +104,60 @@ def _as_int_list(indices: Sequence[int] | None) -> list[int]:
     return [] if indices is None else [int(i) for i in indices]
 
 
+def model_payload(model: MyVAE) -> dict[str, Any]:
+    """What a saved model holds: the weights (tensors on the CPU), the settings and the history, as plain data.
+
+    :meth:`~myvae.MyVAE.save` writes it into ``model.pt``; :func:`myvae.model.model_to_record` turns it into arrays
+    for ``adata.uns``. :func:`restore_model` builds the model back from it.
+    """
+    setup_args = model.adata_manager.registry["setup_args"]
+    history = {key: frame.to_numpy(dtype=float).ravel().tolist() for key, frame in (model.history_ or {}).items()}
+    return {
+        "model_state_dict": {key: value.detach().cpu() for key, value in model.module.state_dict().items()},
+        "var_names": [str(name) for name in model.adata.var_names],
+        "init_params": {"n_latent": model.n_latent, "n_hidden": model.n_hidden, "backend": model.backend},
+        "setup": {
+            "layer": setup_args.get("layer"),
+            "batch_key": setup_args.get("batch_key"),
+            "batch_categories": model.batch_categories,
+        },
+        "is_trained": bool(model.is_trained_),
+        "history": history,
+        "train_indices": _as_int_list(getattr(model, "train_indices_", None)),
+        "validation_indices": _as_int_list(getattr(model, "validation_indices_", None)),
+    }
+
+
+def restore_model(
+    cls: type[MyVAE], payload: dict[str, Any], adata: AnnData, *, accelerator: str, device: int | str
+) -> MyVAE:
+    """Build the model described by a checked ``payload`` (see :func:`model_payload`) around ``adata``.
+
+    ``adata`` must have the model's genes in the model's order and, for a model trained with batches, the batch
+    column (made categorical with the model's batches, in the model's order); it is registered with
+    :meth:`~myvae.MyVAE.setup_anndata`. Missing ``train_indices``/``validation_indices`` are left empty.
+    """
+    setup = payload["setup"]
+    batch_key = setup.get("batch_key")
+    if batch_key is not None:
+        if batch_key not in adata.obs.columns:
+            raise InputError(
+                f"The model was trained with batches from obs[{batch_key!r}]; the data have no such column."
+            )
+        adata.obs[batch_key] = batch_labels(adata.obs[batch_key], setup["batch_categories"])
+    cls.setup_anndata(adata, layer=setup.get("layer"), batch_key=batch_key)
+    model = cls(adata, **payload["init_params"])
+    model.module.load_state_dict(payload["model_state_dict"])
+    model.is_trained_ = payload["is_trained"]
+    model.history_ = {key: pd.DataFrame({key: values}) for key, values in payload["history"].items()}
+    model.train_indices_ = np.asarray(payload.get("train_indices", []), dtype=int)
+    model.validation_indices_ = np.asarray(payload.get("validation_indices", []), dtype=int)
+    _, _, torch_device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+    model.to_device(torch_device)
+    model.module.eval()
+    return model
+
+
 class SaveLoadMixin:
     """Save and load of :class:`~myvae.MyVAE`: weights, settings and history as tensors and plain data only."""
 
@@ -126,26 +185,7 @@ class SaveLoadMixin:
             Passed to :meth:`anndata.AnnData.write_h5ad`.
         """
         path = prepare_directory(dir_path, overwrite)
-        history = {key: frame.to_numpy(dtype=float).ravel().tolist() for key, frame in (self.history_ or {}).items()}
-        setup_args = self.adata_manager.registry["setup_args"]
-        write_model_file(
-            {
-                "model_state_dict": {key: value.detach().cpu() for key, value in self.module.state_dict().items()},
-                "var_names": [str(name) for name in self.adata.var_names],
-                "init_params": {"n_latent": self.n_latent, "n_hidden": self.n_hidden, "backend": self.backend},
-                "setup": {
-                    "layer": setup_args.get("layer"),
-                    "batch_key": setup_args.get("batch_key"),
-                    "batch_categories": self.batch_categories,
-                },
-                "is_trained": bool(self.is_trained_),
-                "history": history,
-                "train_indices": _as_int_list(getattr(self, "train_indices_", None)),
-                "validation_indices": _as_int_list(getattr(self, "validation_indices_", None)),
-            },
-            path,
-            prefix,
-        )
+        write_model_file(model_payload(self), path, prefix)
         if save_anndata:
             self.adata.write_h5ad(adata_path(path, prefix), **anndata_write_kwargs)
 
@@ -203,21 +243,37 @@ class SaveLoadMixin:
                 f"The model was trained with backend {backend!r}, which is not registered in this session; "
                 "register it with myvae.model.register_backend before loading."
             )
-        batch_key = saved["setup"].get("batch_key")
-        if batch_key is not None:
-            if batch_key not in adata.obs.columns:
-                raise InputError(
-                    f"The model was trained with batches from obs[{batch_key!r}]; the data have no such column."
-                )
-            adata.obs[batch_key] = batch_labels(adata.obs[batch_key], saved["setup"]["batch_categories"])
-        cls.setup_anndata(adata, layer=saved["setup"]["layer"], batch_key=batch_key)
-        model = cls(adata, **saved["init_params"])
-        model.module.load_state_dict(saved["model_state_dict"])
-        model.is_trained_ = saved["is_trained"]
-        model.history_ = {key: pd.DataFrame({key: values}) for key, values in saved["history"].items()}
-        model.train_indices_ = np.asarray(saved["train_indices"], dtype=int)
-        model.validation_indices_ = np.asarray(saved["validation_indices"], dtype=int)
-        _, _, device = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
-        model.to_device(device)
-        model.module.eval()
-        return model
+        return restore_model(cls, saved, adata, accelerator=accelerator, device=device)
+
+    @classmethod
+    def from_anndata(
+        cls, adata: AnnData, key: str = "myvae", *, accelerator: str = "auto", device: int | str = "auto"
+    ) -> Self:
+        """The model an AnnData carries in ``adata.uns[key]["model"]`` (written by :func:`myvae.tl.myvae`).
+
+        The record holds only arrays and scalars and is checked before use (see
+        :func:`~myvae.model.model_from_record`): a malformed or altered one is refused with an
+        :class:`~myvae.InputError`, and loading runs no code. The model is attached to a new AnnData around the
+        carrying AnnData's counts (``uns["myvae_setup"]``'s layer, else the model's, else ``X``) when that has the
+        model's genes; otherwise to a placeholder with the model's genes and one empty cell. ``adata`` itself is
+        never modified.
+
+        Parameters
+        ----------
+        adata
+            AnnData written by ``mv.tl.myvae(adata, key_added=key)`` (for a MuData, its modality), in this session or
+            read back from an h5ad/h5mu file.
+        key
+            The ``key_added`` it was trained with.
+        accelerator
+            Lightning accelerator to put the model on (``"cpu"``, ``"gpu"``, ``"auto"``).
+        device
+            Device index or ``"auto"``.
+
+        Returns
+        -------
+        The trained model, in evaluation mode.
+        """
+        from ._record import model_from_anndata  # the record module builds models of this class
+
+        return model_from_anndata(adata, key, accelerator=accelerator, device=device)

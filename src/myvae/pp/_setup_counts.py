@@ -2,47 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from anndata import AnnData
 from mudata import MuData
 
-from myvae._counts import check_batch_column, check_counts, counts_location, get_counts_matrix
 from myvae._data import copy_data, resolve_data
 from myvae._docs import COPY, DATA, MOD, doc_params
+from myvae._setup import SETUP_KEY, check_setup, make_setup_record, read_setup
 
 __all__ = ["SETUP_KEY", "check_setup", "read_setup", "setup_counts"]
-
-SETUP_KEY = "myvae_setup"
-"""Key of ``adata.uns`` where :func:`setup_counts` records its choices."""
-
-
-def _make_record(layer: str | None, batch_key: str | None) -> dict[str, str]:
-    # h5ad cannot store None, so an unset choice is left out of the record.
-    record = {"layer": layer, "batch_key": batch_key}
-    return {key: value for key, value in record.items() if value is not None}
-
-
-def read_setup(adata: AnnData) -> dict[str, Any]:
-    """The choices recorded by :func:`setup_counts`, with ``None`` for those not made.
-
-    Returns
-    -------
-    A dict with keys ``layer`` and ``batch_key``; both ``None`` when the AnnData was never set up.
-    """
-    record = dict(adata.uns.get(SETUP_KEY, {}))
-    return {"layer": record.get("layer"), "batch_key": record.get("batch_key")}
-
-
-def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> None:
-    """Check that ``layer`` (or ``X``) holds raw counts and that ``batch_key`` names an ``obs`` column.
-
-    Counts on disk (a backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time.
-    """
-    counts = get_counts_matrix(adata, layer)
-    if batch_key is not None:
-        check_batch_column(adata, batch_key)
-    check_counts(counts, counts_location(layer))
 
 
 @doc_params(data=DATA, mod=MOD, copy=COPY)
@@ -105,7 +72,7 @@ def setup_counts(
     check_setup(adata, layer, batch_key)
     if copy:
         adata, mdata = copy_data(adata, mdata, mod)
-    adata.uns[SETUP_KEY] = _make_record(layer, batch_key)
+    adata.uns[SETUP_KEY] = make_setup_record(layer, batch_key)
     if copy:
         return adata if mdata is None else mdata
     return None

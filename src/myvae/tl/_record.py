@@ -17,6 +17,7 @@ from anndata import AnnData
 from myvae._counts import counts_location
 from myvae.model import MyVAE
 from myvae.model._quiet import quiet_training_logs
+from myvae.model._record import model_source
 
 __all__ = ["VERSIONED_PACKAGES", "assemble_record", "fit_metrics", "history_as_elbo", "storable"]
 
@@ -66,7 +67,7 @@ def assemble_record(
     trained: MyVAE,
     training_data: AnnData,
     *,
-    reused: MyVAE | str | PathLike | None,
+    reused: MyVAE | AnnData | str | PathLike | None,
     random_state: int,
     layer: str | None,
     batch_key: str | None,
@@ -98,7 +99,7 @@ def assemble_record(
     if reused is None:
         params.update(storable(trained.training_settings_.as_record()))
     else:
-        params["model"] = "MyVAE object" if isinstance(reused, MyVAE) else str(reused)
+        params["model"] = model_source(reused)
     params.update(
         {
             "random_state": random_state,

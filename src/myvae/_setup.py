@@ -1,0 +1,76 @@
+"""The setup record (which matrix holds the counts, which column the batches) and the data a model trains on.
+
+:func:`myvae.pp.setup_counts` writes the record, :func:`myvae.tl.myvae` and the model read it; the bare AnnData
+built by :func:`training_anndata` is what scvi-tools registers, so that its registration never touches the user's
+object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from myvae._counts import (
+    batch_labels,
+    check_batch_column,
+    check_counts,
+    counts_location,
+    get_counts_matrix,
+    is_out_of_core,
+)
+
+__all__ = ["SETUP_KEY", "check_setup", "make_setup_record", "read_setup", "training_anndata"]
+
+SETUP_KEY = "myvae_setup"
+"""Key of ``adata.uns`` where :func:`myvae.pp.setup_counts` records its choices."""
+
+
+def make_setup_record(layer: str | None, batch_key: str | None) -> dict[str, str]:
+    """The record :func:`myvae.pp.setup_counts` writes; h5ad cannot store None, so unset choices are left out."""
+    record = {"layer": layer, "batch_key": batch_key}
+    return {key: value for key, value in record.items() if value is not None}
+
+
+def read_setup(adata: AnnData) -> dict[str, Any]:
+    """The choices recorded by :func:`myvae.pp.setup_counts`, with ``None`` for those not made.
+
+    Returns
+    -------
+    A dict with keys ``layer`` and ``batch_key``; both ``None`` when the AnnData was never set up.
+    """
+    record = dict(adata.uns.get(SETUP_KEY, {}))
+    return {"layer": record.get("layer"), "batch_key": record.get("batch_key")}
+
+
+def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> None:
+    """Check that ``layer`` (or ``X``) holds raw counts and that ``batch_key`` names an ``obs`` column.
+
+    Counts on disk (a backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time.
+    """
+    counts = get_counts_matrix(adata, layer)
+    if batch_key is not None:
+        check_batch_column(adata, batch_key)
+    check_counts(counts, counts_location(layer))
+
+
+def training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
+    """A bare AnnData around the counts (and batches), so that scvi-tools' registration never touches the user's.
+
+    Counts on disk (backed HDF5 or zarr, or a dask array) stay there: the bare AnnData refers to them.
+    """
+    counts = get_counts_matrix(adata, layer)
+    if is_out_of_core(counts):
+        matrix = counts  # read a chunk of cells at a time by the model, never loaded whole
+    elif sparse.issparse(counts):
+        matrix = sparse.csr_matrix(counts, dtype=np.float32)
+    else:
+        matrix = np.asarray(counts, dtype=np.float32)
+    obs = pd.DataFrame(index=adata.obs_names.copy())
+    if batch_key is not None:
+        obs[batch_key] = batch_labels(adata.obs[batch_key])
+    var = pd.DataFrame(index=adata.var_names.copy())
+    return AnnData(X=matrix, obs=obs, var=var)
