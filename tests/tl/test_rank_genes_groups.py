@@ -247,7 +247,9 @@ def test_key_added_names_the_entry(pbmc, model):
     adata = pbmc.copy()
     assert mv.tl.rank_genes_groups(adata, GROUPBY, groups=["B"], model=model, key_added="de", **FAST) is None
     assert "de" in adata.uns and "rank_genes_groups" not in adata.uns
-    assert list(sc.get.rank_genes_groups_df(adata, "B", key="de")["names"][:3]) == list(_group(adata, "names", "B", "de")[:3])
+    assert list(sc.get.rank_genes_groups_df(adata, "B", key="de")["names"][:3]) == list(
+        _group(adata, "names", "B", "de")[:3]
+    )
 
 
 # ------------------------------------------------------------------ randomness ---------------------------------------

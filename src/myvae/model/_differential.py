@@ -52,10 +52,10 @@ class Comparison:
 
 
 def pseudocount_for(n_genes: int) -> float:
-    r"""The :math:`\epsilon` added to :math:`\rho` before taking logs: a tenth of the mean proportion, ``0.1 / n_genes``.
+    r"""The :math:`\epsilon` added to :math:`\rho` before taking logs: a tenth of the mean proportion.
 
-    It keeps genes that are barely expressed in both groups from getting large log fold changes out of ratios of
-    tiny proportions, whatever the number of genes.
+    That is ``0.1 / n_genes``. It keeps genes that are barely expressed in both groups from getting large log fold
+    changes out of ratios of tiny proportions, whatever the number of genes.
     """
     return 0.1 / n_genes
 
@@ -91,7 +91,7 @@ def expected_fdr(proba_de: np.ndarray) -> np.ndarray:
 def _encode(
     networks: torch.nn.Module, counts: Any, cells: np.ndarray, batch_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of :math:`q(z \\mid x)` of the given cells (strictly increasing rows)."""
+    r"""Mean and standard deviation of :math:`q(z \mid x)` of the given cells (strictly increasing rows)."""
     locs, scales = [], []
     for tensors in streamed_rows(counts, cells, batch_size):
         qz = networks.posterior(tensors[REGISTRY_KEYS.X_KEY].to(device))
@@ -101,7 +101,7 @@ def _encode(
 
 
 class _PosteriorSampler:
-    """Draws of :math:`\\rho` for cells of the data, from the encoded cells and local random generators."""
+    r"""Draws of :math:`\rho` for cells of the data, from the encoded cells and local random generators."""
 
     def __init__(
         self,
@@ -122,7 +122,7 @@ class _PosteriorSampler:
         self.generator = torch.Generator(device="cpu").manual_seed(int(self.rng.integers(2**63 - 1)))
 
     def draw(self, cells: np.ndarray, n_samples: int) -> np.ndarray:
-        """``n_samples`` draws of :math:`\\rho` (draws × genes, float32), each of a random cell of ``cells``."""
+        r"""``n_samples`` draws of :math:`\rho` (draws × genes, float32), each of a random cell of ``cells``."""
         chosen = self.rng.choice(cells, size=n_samples, replace=True)
         rows = torch.as_tensor(np.searchsorted(self.encoded_cells, chosen), device=self.loc.device)
         noise = torch.randn(n_samples, self.loc.shape[1], generator=self.generator).to(self.loc.device)

@@ -226,7 +226,7 @@ def rank_genes_groups(
     For each group A and its reference B (the other cells, or one group), ``n_samples`` random cells of each are
     drawn, a latent code :math:`z \sim q(z \mid x)` for each, and decoded to normalised expression
     :math:`\rho = \mathrm{softmax}(f(z, s))`; the draws of A and B are paired and compared gene by gene, as in
-    scvi-tools' ``differential_expression`` (:cite:p:`Lopez18`, :cite:p:`Boyeau19`). In ``"change"`` mode the
+    scvi-tools' ``differential_expression`` (:cite:p:`Lopez2018`, :cite:p:`Boyeau2019`). In ``"change"`` mode the
     quantity is the log fold change :math:`\mathrm{LFC} = \log_2(\rho_A + \epsilon) - \log_2(\rho_B + \epsilon)`
     (:math:`\epsilon` = 0.1 / number of genes) and a gene is differentially expressed (DE) when
     :math:`|\mathrm{LFC}| > \delta`; in ``"vanilla"`` mode it is whether :math:`\rho_A > \rho_B`.
