@@ -6,7 +6,7 @@ import pytest
 
 import myvae as mv
 
-PUBLIC_FUNCTIONS = [mv.pp.setup_counts, mv.tl.myvae, mv.pl.elbo]
+PUBLIC_FUNCTIONS = [mv.pp.setup_counts, mv.tl.myvae, mv.tl.rank_genes_groups, mv.pl.elbo]
 
 
 @pytest.mark.parametrize("func", PUBLIC_FUNCTIONS, ids=lambda f: f.__name__)

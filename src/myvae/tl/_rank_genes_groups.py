@@ -1,0 +1,382 @@
+"""``tl.rank_genes_groups``: Bayesian differential expression from the model, written as scanpy writes its ranking."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from mudata import MuData
+
+from myvae._checks import (
+    check_key_added,
+    check_obs_key,
+    check_positive_float,
+    check_positive_int,
+    check_same_genes,
+)
+from myvae._counts import RowChunks, check_counts, counts_location, get_counts_matrix, is_out_of_core
+from myvae._data import copy_data, resolve_data
+from myvae._exceptions import InputError
+from myvae._setup import read_setup
+from myvae.model import MyVAE
+from myvae.model._differential import (
+    DEFAULT_N_SAMPLES,
+    Comparison,
+    differential_expression,
+    pseudocount_for,
+)
+
+__all__ = ["rank_genes_groups"]
+
+logger = logging.getLogger(__name__)
+
+MIN_GROUP_CELLS = 2
+"""Fewest cells a group (or its reference) may have: scanpy's own limit."""
+MODEL_KEY = "myvae"
+"""The ``uns`` entry of :func:`myvae.tl.myvae` that carries the model when ``model=`` is left out."""
+_FIELDS = {
+    # scanpy's fields, with scanpy's dtypes
+    "names": "O",
+    "scores": "float32",
+    "logfoldchanges": "float32",
+    "pvals": "float64",
+    "pvals_adj": "float64",
+    # scvi-tools' quantities that scanpy does not have
+    "proba_de": "float64",
+    "bayes_factor": "float32",
+    "lfc_median": "float32",
+    "lfc_std": "float32",
+    "is_de_fdr": "bool",
+}
+_COLUMNS = {
+    "scores": "score",
+    "logfoldchanges": "lfc_mean",
+    "pvals_adj": "expected_fdr",
+    "proba_de": "proba_de",
+    "bayes_factor": "bayes_factor",
+    "lfc_median": "lfc_median",
+    "lfc_std": "lfc_std",
+    "is_de_fdr": "is_de_fdr",
+}
+"""Where each field's values come from in the table of :func:`~myvae.model._differential.differential_expression`."""
+
+
+def _group_labels(adata: AnnData, groupby: Any) -> pd.Categorical:
+    """``obs[groupby]`` as categories named by strings (in the column's category order, sorted otherwise)."""
+    if not isinstance(groupby, str):
+        raise InputError(f"groupby must name a column of adata.obs, got {groupby!r}.")
+    check_obs_key(adata, groupby, "groupby")
+    column = adata.obs[groupby]
+    if pd.api.types.is_float_dtype(column) and not isinstance(column.dtype, pd.CategoricalDtype):
+        raise InputError(
+            f"groupby={groupby!r} holds floating-point numbers, not groups; pass a column of labels such as "
+            "clusters (e.g. 'leiden') or cell types, or convert it with `.astype('category')` if these are labels."
+        )
+    categorical = pd.Categorical(column)
+    return pd.Categorical.from_codes(categorical.codes, categories=[str(c) for c in categorical.categories])
+
+
+def _selected_groups(labels: pd.Categorical, groupby: str, groups: Any, reference: Any) -> list[str]:
+    """The groups to rank, in the order given (the column's order for ``"all"``), refusing bad choices."""
+    categories = list(labels.categories)
+    shown = ", ".join(map(repr, categories[:20])) + (", …" if len(categories) > 20 else "")
+    if not isinstance(reference, str) or (reference != "rest" and reference not in categories):
+        raise InputError(f"reference={reference!r} is neither 'rest' nor a group of obs[{groupby!r}] ({shown}).")
+    if isinstance(groups, str) and groups == "all":
+        selected = [name for name in categories if name != reference]
+    elif isinstance(groups, str) or not isinstance(groups, Iterable):
+        raise InputError(f"groups= takes 'all' or a list of groups, e.g. groups=[{categories[0]!r}]; got {groups!r}.")
+    else:
+        selected = [str(group) for group in groups]
+        unknown = [group for group in selected if group not in categories]
+        if unknown:
+            raise InputError(f"groups {unknown} are not groups of obs[{groupby!r}] ({shown}).")
+        if len(set(selected)) < len(selected):
+            raise InputError(f"groups= names a group more than once: {selected}.")
+        if reference in selected:
+            raise InputError(
+                f"reference={reference!r} is also in groups=; a group cannot be compared with itself. Leave it out "
+                "of groups= or choose another reference."
+            )
+    if not selected:
+        raise InputError(f"No group to rank: obs[{groupby!r}] has no group besides the reference {reference!r}.")
+    return selected
+
+
+def _comparisons(labels: pd.Categorical, groupby: str, selected: Sequence[str], reference: str) -> list[Comparison]:
+    """Each selected group's cells and its reference's cells (every other cell for ``"rest"``, as in scanpy)."""
+    values = np.asarray(labels.astype(object))
+    comparisons = []
+    for group in selected:
+        in_group = values == group
+        in_reference = values == reference if reference != "rest" else ~in_group
+        for name, mask in ((group, in_group), (reference, in_reference)):
+            if mask.sum() < MIN_GROUP_CELLS:
+                raise InputError(
+                    f"Group {name!r} of obs[{groupby!r}] has {int(mask.sum())} cells; differential expression needs "
+                    f"at least {MIN_GROUP_CELLS}. Leave it out with groups=[...], or merge it with another group."
+                )
+        comparisons.append(Comparison(group, np.flatnonzero(in_group), np.flatnonzero(in_reference)))
+    return comparisons
+
+
+def _check_options(mode: Any, delta: Any, n_samples: Any, fdr: Any, batch_correction: Any, random_state: Any) -> None:
+    if mode not in ("change", "vanilla"):
+        raise InputError(f"mode must be 'change' or 'vanilla', got {mode!r}.")
+    check_positive_float(delta, "delta")
+    check_positive_int(n_samples, "n_samples")
+    if isinstance(fdr, bool) or not isinstance(fdr, int | float | np.number) or not 0 < fdr < 1:
+        raise InputError(f"fdr must be a number between 0 and 1 (exclusive), e.g. 0.05; got {fdr!r}.")
+    if not isinstance(batch_correction, bool | np.bool_):
+        raise InputError(f"batch_correction must be True or False, got {batch_correction!r}.")
+    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
+        raise InputError(f"random_state must be a non-negative integer, got {random_state!r}.")
+
+
+def _trained_model(adata: AnnData, model: Any) -> MyVAE:
+    """The model to query: the one given, or the one ``tl.myvae`` stored in ``adata.uns["myvae"]``."""
+    if model is None:
+        return MyVAE.from_anndata(adata, key=MODEL_KEY)
+    if not isinstance(model, MyVAE):
+        raise InputError(f"model= takes a trained MyVAE (or None to use adata.uns[{MODEL_KEY!r}]); got {model!r}.")
+    if not model.is_trained:
+        raise InputError("model= got an untrained MyVAE; train it first, e.g. with mv.tl.myvae(adata).")
+    return model
+
+
+def _batch_codes(adata: AnnData, model: MyVAE, batch_correction: bool) -> np.ndarray | None:
+    """Each cell's batch code in the model's batches (``None`` for a model without batches)."""
+    if model.n_batch == 1:
+        if batch_correction:
+            raise InputError(
+                "batch_correction=True needs a model trained with batches; set up the data with "
+                "mv.pp.setup_counts(adata, batch_key=...) and train again, or leave batch_correction=False."
+            )
+        return None
+    batch_key = model.adata_manager.registry["setup_args"]["batch_key"]
+    if batch_key not in adata.obs.columns:
+        raise InputError(f"The model was trained with batches from obs[{batch_key!r}]; the data have no such column.")
+    labels = adata.obs[batch_key].astype(str)
+    unknown = sorted(set(labels) - set(model.batch_categories))
+    if unknown:
+        raise InputError(
+            f"obs[{batch_key!r}] holds batches the model was not trained on ({', '.join(unknown)}); the model knows "
+            f"{model.batch_categories}."
+        )
+    return pd.Categorical(labels, categories=model.batch_categories).codes.astype(np.int64)
+
+
+def _counts(adata: AnnData) -> tuple[Any, str | None]:
+    """The counts the model reads, checked (only the first chunk of rows for counts on disk)."""
+    layer = read_setup(adata)["layer"]
+    counts = get_counts_matrix(adata, layer)
+    if is_out_of_core(counts):
+        rows = RowChunks(counts)
+        check_counts(rows.read(*rows.bounds(0), dtype=None), counts_location(layer))
+    else:
+        check_counts(counts, counts_location(layer))
+    return counts, layer
+
+
+def _records(tables: dict[str, pd.DataFrame], field: str, orders: dict[str, np.ndarray]) -> np.recarray:
+    """One field as scanpy stores it: a record array with one column per group, each in its group's rank order."""
+    columns = {}
+    for group, table in tables.items():
+        if field == "names":
+            values = table.index.to_numpy(dtype=object)
+        elif field == "pvals":
+            values = np.clip(1.0 - table["proba_de"].to_numpy(), 0.0, 1.0)
+        else:
+            values = table[_COLUMNS[field]].to_numpy()
+        columns[group] = values[orders[group]]
+    return pd.DataFrame(columns).to_records(index=False, column_dtypes=_FIELDS[field])
+
+
+def rank_genes_groups(
+    data: AnnData | MuData,
+    groupby: str,
+    *,
+    groups: Literal["all"] | Iterable[str] = "all",
+    reference: str = "rest",
+    mode: Literal["change", "vanilla"] = "change",
+    delta: float = 0.25,
+    batch_correction: bool = False,
+    n_samples: int = DEFAULT_N_SAMPLES,
+    fdr: float = 0.05,
+    key_added: str = "rank_genes_groups",
+    model: MyVAE | None = None,
+    random_state: int = 0,
+    mod: str | None = None,
+    copy: bool = False,
+) -> AnnData | MuData | None:
+    r"""Rank genes for characterising groups by Bayesian differential expression from the model's posterior.
+
+    For each group A and its reference B (the other cells, or one group), ``n_samples`` random cells of each are
+    drawn, a latent code :math:`z \sim q(z \mid x)` for each, and decoded to normalised expression
+    :math:`\rho = \mathrm{softmax}(f(z, s))`; the draws of A and B are paired and compared gene by gene, as in
+    scvi-tools' ``differential_expression`` (:cite:p:`Lopez2018`, :cite:p:`Boyeau2019`). In ``"change"`` mode the
+    quantity is the log fold change :math:`\mathrm{LFC} = \log_2(\rho_A + \epsilon) - \log_2(\rho_B + \epsilon)`
+    (:math:`\epsilon` = 0.1 / number of genes) and a gene is differentially expressed (DE) when
+    :math:`|\mathrm{LFC}| > \delta`; in ``"vanilla"`` mode it is whether :math:`\rho_A > \rho_B`.
+
+    The result is written in exactly the structure :func:`scanpy.tl.rank_genes_groups` writes, so
+    :func:`scanpy.get.rank_genes_groups_df`, :func:`scanpy.pl.rank_genes_groups`,
+    :func:`scanpy.pl.rank_genes_groups_dotplot` and the other ranking plots work unchanged. The numbers are
+    posterior quantities, not the results of a test: ``scores``, ``pvals`` and ``pvals_adj`` mean what the Returns
+    section says.
+
+    Parameters
+    ----------
+    data
+        Annotated data with the model's genes, in memory or backed (only the sampled cells are read, a chunk of
+        rows at a time), or a MuData with ``mod`` naming the RNA modality.
+    groupby
+        Column of ``obs`` with the groups (clusters, cell types); strings, integers or categories.
+    groups
+        Groups to rank, or ``"all"``.
+    reference
+        ``"rest"`` compares each group with every other cell (as scanpy does, cells without a group included);
+        a group's name compares with that group.
+    mode
+        ``"change"`` (the posterior of the log fold change, with the threshold ``delta``) or ``"vanilla"``
+        (the probability that the group's expression is higher).
+    delta
+        Smallest :math:`|\mathrm{LFC}|` (log2) that counts as differential expression in ``"change"`` mode.
+    batch_correction
+        Decode every drawn cell in every batch of the model and average the expression, so that the comparison
+        does not see the batches (as scvi-tools' ``batch_correction=True``); otherwise each cell is decoded in its
+        own batch. Needs a model trained with batches.
+    n_samples
+        Posterior draws per group (and per reference) of each comparison.
+    fdr
+        Target of the posterior expected false discovery rate: ``is_de_fdr`` marks the longest list of genes, by
+        decreasing ``proba_de``, whose expected FDR is at most ``fdr``.
+    key_added
+        The ``uns`` entry to write.
+    model
+        The trained :class:`~myvae.MyVAE`; ``None`` uses the model that :func:`myvae.tl.myvae` stored in
+        ``adata.uns["myvae"]``.
+    random_state
+        Seed of every random draw; the same seed gives the same result, and the caller's random state is left as
+        it was.
+    mod
+        For a MuData: the modality holding the RNA counts; the results go into that modality's ``uns``.
+    copy
+        Return a copy instead of writing to ``data``.
+
+    Returns
+    -------
+    ``None``, or with ``copy=True`` the new AnnData (MuData). Sets ``adata.uns[key_added]``, with, as in scanpy,
+    record arrays with one field per group, each sorted by decreasing score (ties by decreasing log fold change):
+
+    ``names``
+        Gene names.
+    ``scores``
+        ``"change"``: the log Bayes factor (log odds) of up-regulation, :math:`\log P(\mathrm{LFC} > \delta) -
+        \log(1 - P(\mathrm{LFC} > \delta))`, so that genes up in the group come first and genes down in it last;
+        ``"vanilla"``: the log odds of :math:`\rho_A > \rho_B`. Estimated from ``n_samples`` draws with half a
+        draw added on each side, so it is bounded by :math:`\pm\log(2\,n\_samples + 1)`.
+    ``logfoldchanges``
+        Posterior mean of the log2 fold change of normalised expression.
+    ``pvals``
+        ``1 - proba_de``: the posterior probability that the gene is *not* DE (either direction). Not a p-value.
+    ``pvals_adj``
+        Posterior expected false discovery rate of the list of genes with at least this gene's ``proba_de``:
+        ``pvals_adj <= fdr`` exactly for the genes with ``is_de_fdr``, so ``sc.get.rank_genes_groups_df(...,
+        pval_cutoff=fdr)`` returns the DE calls.
+    ``proba_de``
+        Posterior probability of differential expression: :math:`P(|\mathrm{LFC}| > \delta)` (``"change"``), or
+        the probability of the more likely direction (``"vanilla"``).
+    ``bayes_factor``
+        Log odds of ``proba_de`` (``"change"``, scvi-tools' ``bayes_factor``) or of :math:`\rho_A > \rho_B`
+        (``"vanilla"``).
+    ``lfc_median``, ``lfc_std``
+        Posterior median and standard deviation of the log2 fold change.
+    ``is_de_fdr``
+        Whether the gene is called DE at the target ``fdr``.
+    ``params``
+        ``groupby``, ``reference``, ``method`` (``"myvae"``), ``use_raw`` (``False``), ``layer`` (the counts
+        read), ``corr_method`` (``"posterior expected FDR"``), as scanpy records them, and ``mode``, ``delta``,
+        ``batch_correction``, ``n_samples``, ``fdr``, ``pseudocount``, ``random_state``.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import myvae as mv
+    >>> adata = mv.datasets.pbmc3k()[:600].copy()
+    >>> adata = adata[adata.obs["cell_type"].notna()].copy()
+    >>> sc.pp.filter_genes(adata, min_cells=60)
+    >>> mv.pp.setup_counts(adata)
+    >>> model = mv.tl.myvae(adata, max_epochs=20, progress=False, return_model=True)
+    >>> mv.tl.rank_genes_groups(adata, "cell_type", groups=["B", "NK"], model=model)
+    >>> sc.get.rank_genes_groups_df(adata, "B").columns.tolist()
+    ['names', 'scores', 'logfoldchanges', 'pvals', 'pvals_adj']
+    """
+    start = time.perf_counter()
+    adata, mdata = resolve_data(data, mod, "rank_genes_groups", copy=copy)
+    check_key_added(key_added)
+    _check_options(mode, delta, n_samples, fdr, batch_correction, random_state)
+    labels = _group_labels(adata, groupby)
+    selected = _selected_groups(labels, groupby, groups, reference)
+    comparisons = _comparisons(labels, groupby, selected, reference)
+    trained = _trained_model(adata, model)
+    check_same_genes(trained.adata.var_names, adata.var_names)
+    batch_codes = _batch_codes(adata, trained, batch_correction)
+    counts, layer = _counts(adata)
+
+    tables = differential_expression(
+        trained.module.networks,
+        counts,
+        comparisons,
+        genes=adata.var_names,
+        batch_codes=batch_codes,
+        mode=mode,
+        delta=float(delta),
+        n_samples=int(n_samples),
+        fdr=float(fdr),
+        batch_correction=bool(batch_correction),
+        random_state=int(random_state),
+    )
+    orders = {
+        group: np.lexsort((-table["lfc_mean"].to_numpy(), -table["score"].to_numpy()))
+        for group, table in tables.items()
+    }
+    result = {
+        "params": {
+            "groupby": groupby,
+            "reference": reference,
+            "method": "myvae",
+            "use_raw": False,
+            "layer": layer,
+            "corr_method": "posterior expected FDR",
+            "mode": mode,
+            "delta": float(delta),
+            "batch_correction": bool(batch_correction),
+            "n_samples": int(n_samples),
+            "fdr": float(fdr),
+            "pseudocount": pseudocount_for(adata.n_vars),
+            "random_state": int(random_state),
+        },
+        **{field: _records(tables, field, orders) for field in _FIELDS},
+    }
+
+    if copy:
+        adata, mdata = copy_data(adata, mdata, mod)
+    if key_added in adata.uns:
+        logger.warning("Overwriting adata.uns[%r] with the new ranking.", key_added)
+    adata.uns[key_added] = result
+    logger.info(
+        "Ranked genes of %d groups of obs[%r] in %.1f s; added adata.uns[%r].",
+        len(comparisons),
+        groupby,
+        time.perf_counter() - start,
+        key_added,
+    )
+    if copy:
+        return adata if mdata is None else mdata
+    return None

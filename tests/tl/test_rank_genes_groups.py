@@ -1,0 +1,348 @@
+"""mv.tl.rank_genes_groups: posterior differential expression written in scanpy's ranking format."""
+
+import random
+
+import anndata as ad
+import matplotlib
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import torch
+from scipy import sparse
+
+import myvae as mv
+from myvae.model._differential import expected_fdr, log_odds
+
+matplotlib.use("Agg")
+
+GROUPBY = "cell_type"
+MARKERS = ["MS4A1", "CD79A", "CD14", "LYZ", "GNLY", "NKG7"]
+SCANPY_FIELDS = ["names", "scores", "logfoldchanges", "pvals", "pvals_adj"]
+FAST = {"n_samples": 500}
+
+
+def _train(adata: ad.AnnData, **kwargs) -> mv.MyVAE:
+    arguments = {"max_epochs": 40, "batch_size": 128, "progress": False, "accelerator": "cpu", **kwargs}
+    return mv.tl.myvae(adata, return_model=True, **arguments)
+
+
+@pytest.fixture(scope="module")
+def pbmc() -> ad.AnnData:
+    """600 annotated PBMC 3k cells × the 300 most variable genes (plus textbook markers), raw counts."""
+    adata = mv.datasets.pbmc3k()
+    adata = adata[adata.obs[GROUPBY].notna()][:600].copy()
+    sc.pp.filter_genes(adata, min_cells=5)
+    sc.pp.highly_variable_genes(adata, n_top_genes=300, flavor="seurat_v3")
+    keep = adata.var["highly_variable"].to_numpy() | adata.var_names.isin(MARKERS)
+    adata = adata[:, keep].copy()
+    adata.obs[GROUPBY] = adata.obs[GROUPBY].cat.remove_unused_categories()
+    mv.pp.setup_counts(adata)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def model(pbmc) -> mv.MyVAE:
+    return _train(pbmc.copy())
+
+
+@pytest.fixture(scope="module")
+def ranked(pbmc, model) -> ad.AnnData:
+    adata = pbmc.copy()
+    mv.tl.rank_genes_groups(adata, GROUPBY, model=model, **FAST)
+    return adata
+
+
+@pytest.fixture
+def data(pbmc) -> ad.AnnData:
+    return pbmc.copy()
+
+
+def _group(adata: ad.AnnData, field: str, group: str, key: str = "rank_genes_groups") -> np.ndarray:
+    return np.asarray(adata.uns[key][field][group])
+
+
+# ------------------------------------------------------------------ format -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("groups", "reference"), [("all", "rest"), (["NK", "B"], "rest"), (["B", "CD8 T"], "CD14+ Mono")]
+)
+def test_format_matches_scanpy_field_by_field(pbmc, model, groups, reference):
+    ours = pbmc.copy()
+    mv.tl.rank_genes_groups(ours, GROUPBY, groups=groups, reference=reference, model=model, **FAST)
+    theirs = pbmc.copy()
+    sc.pp.normalize_total(theirs)
+    sc.pp.log1p(theirs)
+    sc.tl.rank_genes_groups(theirs, GROUPBY, groups=groups, reference=reference, method="wilcoxon")
+    ours, theirs = ours.uns["rank_genes_groups"], theirs.uns["rank_genes_groups"]
+
+    assert set(theirs) <= set(ours)
+    assert set(theirs["params"]) <= set(ours["params"])
+    for key in ("groupby", "reference", "use_raw"):
+        assert ours["params"][key] == theirs["params"][key]
+    for field in SCANPY_FIELDS:
+        assert type(ours[field]) is type(theirs[field])
+        assert ours[field].dtype == theirs[field].dtype, field  # same group names, same order, same dtypes
+        assert ours[field].shape == theirs[field].shape, field
+    for group in ours["names"].dtype.names:
+        assert sorted(ours["names"][group]) == sorted(pbmc.var_names)
+        assert np.all(np.diff(ours["scores"][group]) <= 0)
+
+
+def test_extra_fields_are_record_arrays_per_group(ranked):
+    result = ranked.uns["rank_genes_groups"]
+    groups = result["names"].dtype.names
+    for field in ("proba_de", "bayes_factor", "lfc_median", "lfc_std", "is_de_fdr"):
+        assert result[field].dtype.names == groups
+        assert result[field].shape == result["names"].shape
+    assert result["is_de_fdr"].dtype["B"] == np.bool_
+
+
+def test_posterior_quantities_mean_what_the_docs_say(ranked):
+    result = ranked.uns["rank_genes_groups"]
+    fdr = result["params"]["fdr"]
+    for group in result["names"].dtype.names:
+        proba_de = _group(ranked, "proba_de", group)
+        np.testing.assert_allclose(_group(ranked, "pvals", group), 1 - proba_de)
+        np.testing.assert_array_equal(_group(ranked, "pvals_adj", group) <= fdr, _group(ranked, "is_de_fdr", group))
+        assert np.all((proba_de >= 0) & (proba_de <= 1))
+        assert np.all(_group(ranked, "lfc_std", group) >= 0)
+        np.testing.assert_allclose(
+            _group(ranked, "bayes_factor", group), log_odds(proba_de, result["params"]["n_samples"]), rtol=1e-5
+        )
+
+
+def test_expected_fdr_of_each_list_by_hand():
+    # sorted: 0.99, 0.9, 0.9 (ties enter together), 0.5 -> FDR 0.01, (0.01 + 0.1 + 0.1) / 3 twice, (0.21 + 0.5) / 4
+    np.testing.assert_allclose(expected_fdr(np.array([0.9, 0.99, 0.5, 0.9])), [0.07, 0.01, 0.1775, 0.07])
+
+
+def test_log_odds_are_bounded_by_the_number_of_draws():
+    np.testing.assert_allclose(log_odds(np.array([1.0, 0.5, 0.0]), 100), [np.log(201), 0.0, -np.log(201)])
+
+
+# ------------------------------------------------------------------ scanpy on the result ------------------------------
+
+
+def test_scanpy_getters_and_plots_run_on_the_result(ranked):
+    import matplotlib.pyplot as plt
+
+    adata = ranked.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    table = sc.get.rank_genes_groups_df(adata, "B")
+    assert list(table.columns) == SCANPY_FIELDS
+    assert len(table) == adata.n_vars
+    calls = sc.get.rank_genes_groups_df(adata, "B", pval_cutoff=0.05)
+    assert set(calls["names"]) == set(_group(adata, "names", "B")[_group(adata, "is_de_fdr", "B")])
+    assert len(sc.get.rank_genes_groups_df(adata, None)) == adata.n_vars * len(adata.obs[GROUPBY].cat.categories)
+    sc.pl.rank_genes_groups(adata, n_genes=5, show=False)
+    sc.pl.rank_genes_groups_dotplot(adata, n_genes=3, show=False)
+    sc.pl.rank_genes_groups_dotplot(adata, n_genes=3, values_to_plot="logfoldchanges", show=False)
+    sc.pl.rank_genes_groups_matrixplot(adata, n_genes=3, show=False)
+    sc.pl.rank_genes_groups_violin(adata, groups=["B"], n_genes=3, show=False)
+    plt.close("all")
+
+
+def test_round_trip_through_h5ad(ranked, tmp_path):
+    ranked.write_h5ad(tmp_path / "ranked.h5ad")
+    back = ad.read_h5ad(tmp_path / "ranked.h5ad")
+    pd.testing.assert_frame_equal(
+        sc.get.rank_genes_groups_df(back, None), sc.get.rank_genes_groups_df(ranked, None), check_dtype=False
+    )
+    np.testing.assert_array_equal(_group(back, "is_de_fdr", "NK"), _group(ranked, "is_de_fdr", "NK"))
+
+
+# ------------------------------------------------------------------ what it finds ------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["change", "vanilla"])
+def test_b_cells_rank_their_markers_high(ranked, pbmc, model, mode):
+    if mode == "change":
+        adata = ranked
+    else:
+        adata = pbmc.copy()
+        mv.tl.rank_genes_groups(adata, GROUPBY, groups=["B"], mode="vanilla", model=model, **FAST)
+    top = list(_group(adata, "names", "B")[:10])
+    assert "MS4A1" in top and "CD79A" in top
+    bottom = list(_group(adata, "names", "B")[-300:])
+    assert "LYZ" in bottom  # monocyte gene, down in B cells: ranked at the end, as scanpy does
+
+
+def test_pyro_backend(pbmc):
+    adata = pbmc.copy()
+    model = _train(adata, backend="pyro")
+    mv.tl.rank_genes_groups(adata, GROUPBY, groups=["B"], model=model, **FAST)
+    assert {"MS4A1", "CD79A"} <= set(_group(adata, "names", "B")[:10])
+
+
+def test_batch_correction_removes_batch_driven_calls(pbmc):
+    """Monocytes of two random halves, the second with a gene-wise batch effect: every DE call is batch-driven."""
+    rng = np.random.default_rng(0)
+    second = rng.random(pbmc.n_obs) < 0.5
+    counts = sparse.csr_matrix(pbmc.X, dtype=np.float32)
+    fold = np.exp(rng.normal(0, 0.7, pbmc.n_vars)).astype(np.float32)
+    shifted = sparse.csr_matrix(counts[second].multiply(fold[None, :]))
+    shifted.data = rng.poisson(shifted.data).astype(np.float32)
+    counts = sparse.vstack([counts[~second], shifted], format="csr")
+    obs = pd.concat([pbmc.obs[~second], pbmc.obs[second]])
+    obs["batch"] = ["b1"] * int((~second).sum()) + ["b2"] * int(second.sum())
+    obs["type_batch"] = obs[GROUPBY].astype(str) + "|" + obs["batch"]
+    keep = np.asarray(counts.sum(axis=1)).ravel() > 0
+    adata = ad.AnnData(counts[keep], obs=obs[keep], var=pbmc.var[[]].copy())
+    mv.pp.setup_counts(adata, batch_key="batch")
+    model = _train(adata)
+    calls = {}
+    for correction in (False, True):
+        mv.tl.rank_genes_groups(
+            adata,
+            "type_batch",
+            groups=["CD14+ Mono|b2"],
+            reference="CD14+ Mono|b1",
+            batch_correction=correction,
+            model=model,
+            **FAST,
+        )
+        calls[correction] = int(_group(adata, "is_de_fdr", "CD14+ Mono|b2").sum())
+        assert adata.uns["rank_genes_groups"]["params"]["batch_correction"] is correction
+    assert calls[False] >= 5, calls
+    assert calls[True] < calls[False] / 4, calls
+
+
+# ------------------------------------------------------------------ data forms ---------------------------------------
+
+
+def test_mudata_with_mod_writes_into_the_modality(pbmc, model):
+    mdata = md.MuData({"rna": pbmc.copy()})
+    mv.tl.rank_genes_groups(mdata, GROUPBY, groups=["B"], model=model, mod="rna", **FAST)
+    assert "rank_genes_groups" in mdata["rna"].uns
+    assert "rank_genes_groups" not in mdata.uns
+    alone = pbmc.copy()
+    mv.tl.rank_genes_groups(alone, GROUPBY, groups=["B"], model=model, **FAST)
+    np.testing.assert_array_equal(_group(mdata["rna"], "names", "B"), _group(alone, "names", "B"))
+
+
+def test_backed_h5ad_gives_the_in_memory_result(pbmc, model, tmp_path):
+    pbmc.write_h5ad(tmp_path / "pbmc.h5ad")
+    backed = ad.read_h5ad(tmp_path / "pbmc.h5ad", backed="r")
+    mv.tl.rank_genes_groups(backed, GROUPBY, groups=["B", "NK"], model=model, **FAST)
+    in_memory = pbmc.copy()
+    mv.tl.rank_genes_groups(in_memory, GROUPBY, groups=["B", "NK"], model=model, **FAST)
+    for field in ("names", "scores", "logfoldchanges", "pvals_adj"):
+        for group in ("B", "NK"):
+            np.testing.assert_array_equal(_group(backed, field, group), _group(in_memory, field, group))
+    backed.file.close()
+
+
+def test_copy_returns_a_new_object_and_leaves_the_input(pbmc, model, unchanged):
+    adata = pbmc.copy()
+    with unchanged(adata):
+        result = mv.tl.rank_genes_groups(adata, GROUPBY, groups=["B"], model=model, copy=True, **FAST)
+    assert "rank_genes_groups" in result.uns
+
+
+def test_key_added_names_the_entry(pbmc, model):
+    adata = pbmc.copy()
+    assert mv.tl.rank_genes_groups(adata, GROUPBY, groups=["B"], model=model, key_added="de", **FAST) is None
+    assert "de" in adata.uns and "rank_genes_groups" not in adata.uns
+    assert list(sc.get.rank_genes_groups_df(adata, "B", key="de")["names"][:3]) == list(
+        _group(adata, "names", "B", "de")[:3]
+    )
+
+
+# ------------------------------------------------------------------ randomness ---------------------------------------
+
+
+def test_same_seed_same_result_and_the_callers_random_state_is_untouched(pbmc, model):
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state().clone())
+    runs = []
+    for seed in (3, 3, 4):
+        adata = pbmc.copy()
+        mv.tl.rank_genes_groups(adata, GROUPBY, groups=["NK"], model=model, random_state=seed, **FAST)
+        runs.append(_group(adata, "logfoldchanges", "NK"))
+    assert random.getstate() == states[0]
+    np.testing.assert_array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.get_rng_state(), states[2])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+
+
+# ------------------------------------------------------------------ refused input -------------------------------------
+
+
+def _one_cell_group(adata):
+    adata.obs["tiny"] = np.where(np.arange(adata.n_obs) == 0, "alone", "others")
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("prepare", "arguments", "message"),
+    [
+        (None, {"groupby": "nope"}, "not a column of adata.obs"),
+        (lambda a: a.obs.__setitem__("score", 0.5), {"groupby": "score"}, "floating-point"),
+        (None, {"groups": ["B", "Martians"]}, "not groups of obs"),
+        (None, {"groups": "B"}, "list of groups"),
+        (None, {"reference": "Martians"}, "neither 'rest' nor a group"),
+        (None, {"groups": ["B", "NK"], "reference": "NK"}, "also in groups"),
+        (_one_cell_group, {"groupby": "tiny"}, "has 1 cells"),
+        (None, {"mode": "bayes"}, "mode must be"),
+        (None, {"delta": 0}, "delta must be"),
+        (None, {"delta": float("nan")}, "delta must be"),
+        (None, {"fdr": 1.0}, "fdr must be"),
+        (None, {"n_samples": 0}, "n_samples must be"),
+        (None, {"random_state": -1}, "random_state must be"),
+        (None, {"batch_correction": "yes"}, "batch_correction must be"),
+        (None, {"batch_correction": True}, "needs a model trained with batches"),
+        (None, {"key_added": ""}, "key_added must be"),
+        (None, {"model": "my_model"}, "model= takes a trained MyVAE"),
+        (None, {"mod": "rna"}, "applies to a MuData"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(data, model, unchanged, prepare, arguments, message):
+    if prepare is not None:
+        prepare(data)
+    arguments = {"groupby": GROUPBY, "model": model, **FAST, **arguments}
+    with unchanged(data), pytest.raises(mv.InputError, match=message):
+        mv.tl.rank_genes_groups(data, arguments.pop("groupby"), **arguments)
+
+
+def test_data_with_other_genes_are_refused(data, model, unchanged):
+    subset = data[:, 1:].copy()
+    with unchanged(subset), pytest.raises(mv.InputError, match="genes differ"):
+        mv.tl.rank_genes_groups(subset, GROUPBY, model=model, **FAST)
+
+
+def test_an_untrained_model_is_refused(data, unchanged):
+    bare = data.copy()
+    mv.MyVAE.setup_anndata(bare)
+    untrained = mv.MyVAE(bare)
+    with unchanged(data), pytest.raises(mv.InputError, match="untrained"):
+        mv.tl.rank_genes_groups(data, GROUPBY, model=untrained, **FAST)
+
+
+def test_mudata_without_mod_is_refused(pbmc, model):
+    mdata = md.MuData({"rna": pbmc.copy()})
+    with pytest.raises(mv.InputError, match="pass mod="):
+        mv.tl.rank_genes_groups(mdata, GROUPBY, model=model, **FAST)
+    assert "rank_genes_groups" not in mdata["rna"].uns
+
+
+def test_without_model_and_without_a_stored_model_asks_for_one(data, unchanged):
+    with unchanged(data), pytest.raises(mv.InputError, match="carries no model"):
+        mv.tl.rank_genes_groups(data, GROUPBY, **FAST)
+
+
+def test_without_model_the_model_the_anndata_carries_is_used(pbmc, tmp_path):
+    adata = pbmc.copy()
+    model = mv.tl.myvae(adata, max_epochs=2, progress=False, return_model=True)
+    adata.write_h5ad(tmp_path / "carried.h5ad")
+    carried = ad.read_h5ad(tmp_path / "carried.h5ad")
+    mv.tl.rank_genes_groups(carried, GROUPBY, groups=["B"], **FAST)
+    mv.tl.rank_genes_groups(adata, GROUPBY, groups=["B"], model=model, **FAST)
+    for field in ("names", "scores", "logfoldchanges"):
+        np.testing.assert_array_equal(_group(carried, field, "B"), _group(adata, field, "B"))
