@@ -465,13 +465,14 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         out = torch.mv(terms, theta).neg_()
         if wants_gradient:
             _, d_log_theta_at, count_share = gradient_at_counts
+            d_log_theta_at = d_log_theta_at.div_(theta_at)  # the backward pass multiplies by theta after summing
             saved = (log_rho, u, terms, log_library, log_theta, theta, rows, at, d_log_theta_at, count_share)
             ctx.save_for_backward(*saved)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, torch.Tensor | None, None]:
-        log_rho, u, softplus_u, log_library, log_theta, theta, rows, at, d_log_theta_at, count_share = (
+        log_rho, u, softplus_u, log_library, log_theta, theta, rows, at, d_log_theta_over_theta_at, count_share = (
             ctx.saved_tensors
         )  # softplus_u is only that at the zero counts
         p = torch.sigmoid(u)
@@ -482,8 +483,7 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
             if refine.numel():
                 parts = (p.view(-1)[refine], softplus_u.view(-1)[refine])
                 d_log_theta_over_theta.view(-1).index_copy_(0, refine, _zero_count_gap(*parts).neg_())
-            at_counts = d_log_theta_at / theta.index_select(0, at % theta.numel())
-            d_log_theta_over_theta.view(-1).index_copy_(0, at, at_counts)
+            d_log_theta_over_theta.view(-1).index_copy_(0, at, d_log_theta_over_theta_at)
             grad_log_theta = torch.mv(d_log_theta_over_theta.T, grad).mul_(theta)
         if ctx.needs_input_grad[1]:
             rho = torch.exp(log_rho, out=scratch)  # into the array of the gradient in log theta, if any
