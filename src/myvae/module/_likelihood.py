@@ -299,17 +299,18 @@ def _log_prob_at_counts(
     return log_prob, (d_log_mu, d_log_theta, x * theta / theta_plus_mu)
 
 
-def _log_theta_derivative_at_zeros(p: torch.Tensor, softplus_u: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    r"""The derivative in :math:`\log\theta` of the log-probability at a zero count, precise for any mean.
+def _zero_count_gap(p: torch.Tensor, softplus_u: torch.Tensor) -> torch.Tensor:
+    r""":math:`\mathrm{softplus}(u) - p`, precise for any :math:`p = \sigma(u)`.
 
-    The log-probability is :math:`-\theta\,\mathrm{softplus}(u)`, its derivative
-    :math:`\theta\,(p - \mathrm{softplus}(u))` with :math:`p = \sigma(u)`, :math:`u = \log\mu - \log\theta`.
-    The difference is :math:`-(e - \log(1 + e))` at :math:`e = -p`, about :math:`-p^2/2` for a small :math:`p`;
-    formed directly it is off by about :math:`2\epsilon\,\theta p \le 2\epsilon\mu`, which is why the backward
-    passes use the direct form only where :math:`\mu \le 256` and this function elsewhere (a large mean at a zero
-    count is rare).
+    At a zero count the log-probability is :math:`-\theta\,\mathrm{softplus}(u)` with :math:`u = \log\mu -
+    \log\theta`, and its derivative in :math:`\log\theta` is :math:`\theta\,(p - \mathrm{softplus}(u))`, minus
+    :math:`\theta` times this. The difference is :math:`e - \log(1 + e)` at
+    :math:`e = -p`, about :math:`p^2/2` for a small :math:`p`; formed directly it is off by about
+    :math:`2\epsilon p`, so the derivative by :math:`2\epsilon\,\theta p \le 2\epsilon\mu`, which is why the
+    backward passes use the direct form only where :math:`\mu \le 256` and this function elsewhere (a large mean at
+    a zero count is rare).
     """
-    return _log1p_gap(p.neg(), softplus_u.neg()).mul_(theta.neg())
+    return _log1p_gap(p.neg(), softplus_u.neg())
 
 
 def _logits_gradient_of_means(
@@ -319,15 +320,16 @@ def _logits_gradient_of_means(
 
     ``weight`` and ``offset`` are :math:`w` and :math:`c`, one per row. In rows where the weighted mean of :math:`p`
     is above one half, :math:`p_g - \sum_h \rho_h p_h` is formed as :math:`\sum_h \rho_h q_h - q_g` from
-    :math:`q = 1 - p = \sigma(-u)`, so that values of :math:`p` near one do not cancel.
+    :math:`q = 1 - p = \sigma(-u)`, so that values of :math:`p` near one do not cancel. The result is written over
+    ``p`` (fresh arrays of cells × genes cost more than the arithmetic).
     """
     mean = torch.linalg.vecdot(rho, p)
-    centred = p - mean.unsqueeze(-1)
     near_one = torch.nonzero(mean > 0.5).squeeze(-1)
+    centred = p.sub_(mean.unsqueeze(-1))
     if near_one.numel():
         q = torch.sigmoid(u[near_one].neg_())
         centred[near_one] = torch.linalg.vecdot(rho[near_one], q).unsqueeze(-1) - q
-    return torch.addcmul(offset.neg().unsqueeze(-1), centred, weight.unsqueeze(-1)).mul_(rho)
+    return centred.mul_(weight.unsqueeze(-1)).sub_(offset.unsqueeze(-1)).mul_(rho)
 
 
 class _NegativeBinomialLogProb(torch.autograd.Function):
@@ -336,7 +338,7 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
     With :math:`u = \log\mu - \log\theta` and :math:`p = \mu / (\theta + \mu) = \sigma(u)`, the log-probability at
     a zero count is :math:`-\theta\,\mathrm{softplus}(u)`, its derivative in :math:`\log\mu` is :math:`-\theta p`
     and in :math:`\log\theta` it is :math:`\theta\,(p - \mathrm{softplus}(u))`
-    (:func:`_log_theta_derivative_at_zeros`). At the non-zero counts all three come from
+    (see :func:`_zero_count_gap`). At the non-zero counts all three come from
     :func:`_log_prob_at_counts`.
     """
 
@@ -378,7 +380,7 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
             refine = _large_means(log_mu.expand(shape).reshape(-1, shape[-1] if shape else 1), 0.0)
             if refine.numel():
                 parts = (p.view(-1)[refine], softplus_u.view(-1)[refine], _gather(theta, shape, refine))
-                d_log_theta.view(-1).index_copy_(0, refine, _log_theta_derivative_at_zeros(*parts))
+                d_log_theta.view(-1).index_copy_(0, refine, _zero_count_gap(*parts[:2]).mul_(parts[2].neg()))
             d_log_theta.view(-1).index_copy_(0, at, d_log_theta_at)
             grad_log_theta = (grad * d_log_theta).sum_to_size(log_theta_shape)
         if ctx.needs_input_grad[1]:
@@ -463,27 +465,28 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         out = torch.mv(terms, theta).neg_()
         if wants_gradient:
             _, d_log_theta_at, count_share = gradient_at_counts
+            d_log_theta_at = d_log_theta_at.div_(theta_at)  # the backward pass multiplies by theta after summing
             saved = (log_rho, u, terms, log_library, log_theta, theta, rows, at, d_log_theta_at, count_share)
             ctx.save_for_backward(*saved)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, torch.Tensor | None, None]:
-        log_rho, u, softplus_u, log_library, log_theta, theta, rows, at, d_log_theta_at, count_share = (
+        log_rho, u, softplus_u, log_library, log_theta, theta, rows, at, d_log_theta_over_theta_at, count_share = (
             ctx.saved_tensors
         )  # softplus_u is only that at the zero counts
         p = torch.sigmoid(u)
-        grad_logits = grad_log_theta = None
+        grad_logits = grad_log_theta = scratch = None
         if ctx.needs_input_grad[3]:
-            d_log_theta = (p - softplus_u).mul_(theta)
+            d_log_theta_over_theta = scratch = p - softplus_u
             refine = _large_means(u, log_theta)
             if refine.numel():
-                parts = (p.view(-1)[refine], softplus_u.view(-1)[refine], theta[refine % theta.numel()])
-                d_log_theta.view(-1).index_copy_(0, refine, _log_theta_derivative_at_zeros(*parts))
-            d_log_theta.view(-1).index_copy_(0, at, d_log_theta_at)
-            grad_log_theta = torch.mv(d_log_theta.T, grad)
+                parts = (p.view(-1)[refine], softplus_u.view(-1)[refine])
+                d_log_theta_over_theta.view(-1).index_copy_(0, refine, _zero_count_gap(*parts).neg_())
+            d_log_theta_over_theta.view(-1).index_copy_(0, at, d_log_theta_over_theta_at)
+            grad_log_theta = torch.mv(d_log_theta_over_theta.T, grad).mul_(theta)
         if ctx.needs_input_grad[1]:
-            rho = log_rho.exp()
+            rho = torch.exp(log_rho, out=scratch)  # into the array of the gradient in log theta, if any
             grad_library = grad * log_library.squeeze(-1).exp()
             count_share_sum = torch.zeros_like(grad).index_add_(0, rows, count_share)
             grad_logits = _logits_gradient_of_means(p, rho, u, grad_library, grad * count_share_sum)
