@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
 
-from ._epoch_means import EpochMeansMixin
+from ._epoch_means import EpochMeansMixin, EpochTotals
 
 __all__ = ["LeanTrainingPlan"]
 
@@ -44,7 +45,7 @@ class LeanTrainingPlan(EpochMeansMixin, TrainingPlan):
         self._add(self._validation_totals, output)
 
     @staticmethod
-    def _add(totals, output) -> None:
+    def _add(totals: EpochTotals, output: LossOutput) -> None:
         totals.add(
             output.n_obs_minibatch,
             reconstruction_loss=output.reconstruction_loss_sum,
