@@ -21,6 +21,7 @@ from myvae._counts import (
     counts_location,
     get_counts_matrix,
     is_out_of_core,
+    raw_counts_advice,
 )
 
 __all__ = ["SETUP_KEY", "check_setup", "make_setup_record", "read_setup", "training_anndata"]
@@ -49,12 +50,13 @@ def read_setup(adata: AnnData) -> dict[str, Any]:
 def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> None:
     """Check that ``layer`` (or ``X``) holds raw counts and that ``batch_key`` names an ``obs`` column.
 
-    Counts on disk (a backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time.
+    Counts on disk (a backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time. When the
+    values look normalised and ``adata.raw`` holds the raw counts, the error says how to use them.
     """
     counts = get_counts_matrix(adata, layer)
     if batch_key is not None:
         check_batch_column(adata, batch_key)
-    check_counts(counts, counts_location(layer))
+    check_counts(counts, counts_location(layer), counts_elsewhere=lambda: raw_counts_advice(adata))
 
 
 def training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
