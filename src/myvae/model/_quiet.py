@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from scvi.train import _trainrunner
 
 __all__ = ["quiet_training_logs"]
 
@@ -25,9 +29,25 @@ _NOISE = (
 )
 
 
+_SCVI_EXCEPTION_PRINT = "Exception raised during training."
+"""What scvi-tools' ``TrainRunner`` prints to stdout before re-raising any error from training."""
+
+
+def _print_but_scvi_exception_notice(*values: Any, **kwargs: Any) -> None:
+    if values and values[0] == _SCVI_EXCEPTION_PRINT:
+        return  # the error itself follows, with its own message
+    builtins.print(*values, **kwargs)
+
+
 @contextmanager
 def quiet_training_logs() -> Iterator[None]:
-    """Silence informational messages ("GPU available…", tips, setup transfer) and known harmless warnings."""
+    """Silence informational messages ("GPU available…", tips, setup transfer) and known harmless warnings.
+
+    Also keeps scvi-tools' ``TrainRunner`` from printing "Exception raised during training. <class 'NameError'> …"
+    before an error from training (a divergence, an interrupt) reaches the caller with its own message.
+    """
+    shadowed = _trainrunner.__dict__.get("print")
+    _trainrunner.print = _print_but_scvi_exception_notice
     loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -40,3 +60,7 @@ def quiet_training_logs() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+        if shadowed is None:
+            del _trainrunner.print
+        else:
+            _trainrunner.print = shadowed
