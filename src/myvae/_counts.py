@@ -30,11 +30,13 @@ __all__ = [
     "batch_code",
     "batch_labels",
     "check_batch_column",
+    "check_batch_values",
     "check_counts",
     "check_counts_in_chunks",
     "counts_location",
     "get_counts_matrix",
     "is_out_of_core",
+    "select_genes",
 ]
 
 DEFAULT_CHUNK_SIZE = 4096
@@ -256,7 +258,11 @@ def check_batch_column(adata: AnnData, key: str) -> None:
     :data:`MAX_NUMERIC_BATCHES`), as batch numbers are. Missing values are refused.
     """
     check_obs_key(adata, key, "batch_key")
-    column = adata.obs[key]
+    check_batch_values(adata.obs[key], key)
+
+
+def check_batch_values(column: pd.Series, key: str) -> None:
+    """:func:`check_batch_column` for a column found elsewhere (e.g. a MuData's ``obs``), aligned to the cells."""
     n_missing = int(column.isna().sum())
     if n_missing:
         raise InputError(
@@ -276,6 +282,38 @@ def check_batch_column(adata: AnnData, key: str) -> None:
                 f"covariate, not batches; pass a column of batch labels, or convert it with `.astype('category')` "
                 "if these are labels."
             )
+
+
+def select_genes(matrix: Any, mask: np.ndarray | None) -> Any:
+    """The columns (genes) of a counts matrix that ``mask`` selects, read as lazily as the matrix is.
+
+    A matrix in memory is subset at once; a dask array stays lazy; a matrix on disk (a backed AnnData's ``X``, an
+    h5py or zarr array) becomes a dask array that reads a chunk of rows at a time and keeps the selected columns.
+    ``None`` (or a mask selecting every gene) returns ``matrix`` itself.
+    """
+    if mask is None or mask.all():
+        return matrix
+    if not is_out_of_core(matrix) or _is_dask(matrix):
+        return matrix[:, mask]
+    try:
+        import dask
+        import dask.array as da
+    except ImportError as error:  # pragma: no cover - dask comes with anndata's lazy reading
+        raise InputError(
+            "Selecting genes of counts on disk needs dask (`pip install dask`); or pass mask_var=None to use all genes."
+        ) from error
+    rows = RowChunks(matrix)
+    dtype = np.dtype(getattr(matrix, "dtype", np.float32))
+    meta = sparse.csr_matrix((0, int(mask.sum())), dtype=dtype)
+
+    def read(start: int, stop: int) -> sparse.csr_matrix:
+        return rows.read(start, stop, dtype=None)[:, mask]
+
+    blocks = []
+    for chunk in range(rows.n_chunks):
+        start, stop = rows.bounds(chunk)
+        blocks.append(da.from_delayed(dask.delayed(read)(start, stop), shape=(stop - start, meta.shape[1]), meta=meta))
+    return da.concatenate(blocks, axis=0)
 
 
 def batch_labels(column: pd.Series, categories: Sequence[str] | None = None) -> pd.Categorical:

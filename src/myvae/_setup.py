@@ -21,6 +21,7 @@ from myvae._counts import (
     counts_location,
     get_counts_matrix,
     is_out_of_core,
+    select_genes,
 )
 
 __all__ = ["SETUP_KEY", "check_setup", "make_setup_record", "read_setup", "training_anndata"]
@@ -46,23 +47,47 @@ def read_setup(adata: AnnData) -> dict[str, Any]:
     return {"layer": record.get("layer"), "batch_key": record.get("batch_key")}
 
 
-def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> None:
+def check_setup(adata: AnnData, layer: str | None, batch_key: str | None, mask: np.ndarray | None = None) -> None:
     """Check that ``layer`` (or ``X``) holds raw counts and that ``batch_key`` names an ``obs`` column.
 
-    Counts on disk (a backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time.
+    With ``mask`` (a boolean mask over the genes), only the counts of those genes are checked. Counts on disk (a
+    backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time.
     """
-    counts = get_counts_matrix(adata, layer)
+    counts = select_genes(get_counts_matrix(adata, layer), mask)
     if batch_key is not None:
         check_batch_column(adata, batch_key)
-    check_counts(counts, counts_location(layer))
+    where = counts_location(layer)
+    if mask is not None and not mask.all():
+        where += f" (its {int(mask.sum())} genes of mask_var)"
+    check_counts(counts, where)
 
 
-def training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
+def training_anndata(
+    adata: AnnData,
+    layer: str | None,
+    batch_key: str | None,
+    *,
+    batches: pd.Categorical | None = None,
+    mask: np.ndarray | None = None,
+) -> AnnData:
     """A bare AnnData around the counts (and batches), so that scvi-tools' registration never touches the user's.
 
     Counts on disk (backed HDF5 or zarr, or a dask array) stay there: the bare AnnData refers to them.
+
+    Parameters
+    ----------
+    adata
+        The user's data.
+    layer
+        The layer holding the counts (``None``: ``X``).
+    batch_key
+        Name of the batch column of the bare AnnData; ``None`` for none.
+    batches
+        The batch of each cell; ``None`` reads ``adata.obs[batch_key]``.
+    mask
+        The genes to keep (a boolean mask over ``adata``'s genes); ``None`` keeps all.
     """
-    counts = get_counts_matrix(adata, layer)
+    counts = select_genes(get_counts_matrix(adata, layer), mask)
     if is_out_of_core(counts):
         matrix = counts  # read a chunk of cells at a time by the model, never loaded whole
     elif sparse.issparse(counts):
@@ -71,6 +96,6 @@ def training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -
         matrix = np.asarray(counts, dtype=np.float32)
     obs = pd.DataFrame(index=adata.obs_names.copy())
     if batch_key is not None:
-        obs[batch_key] = batch_labels(adata.obs[batch_key])
-    var = pd.DataFrame(index=adata.var_names.copy())
+        obs[batch_key] = batch_labels(adata.obs[batch_key]) if batches is None else batches
+    var = pd.DataFrame(index=adata.var_names.copy() if mask is None else adata.var_names[mask])
     return AnnData(X=matrix, obs=obs, var=var)
