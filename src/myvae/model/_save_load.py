@@ -36,6 +36,7 @@ __all__ = [
     "adata_path",
     "model_path",
     "model_payload",
+    "placeholder_anndata",
     "prepare_directory",
     "read_model_file",
     "restore_model",
@@ -126,6 +127,16 @@ def model_payload(model: MyVAE) -> dict[str, Any]:
         "train_indices": _as_int_list(getattr(model, "train_indices_", None)),
         "validation_indices": _as_int_list(getattr(model, "validation_indices_", None)),
     }
+
+
+def placeholder_anndata(var_names: Sequence[str], batch_key: str | None, batch_categories: Sequence[str]) -> AnnData:
+    """One empty cell with the model's genes (and its first batch), to build a model around when no cells are given."""
+    obs = pd.DataFrame(index=pd.Index(["placeholder"]))
+    if batch_key is not None:
+        obs[batch_key] = list(batch_categories)[:1]
+    return AnnData(
+        X=np.zeros((1, len(var_names)), dtype=np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(var_names))
+    )
 
 
 def restore_model(
