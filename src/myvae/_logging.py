@@ -10,8 +10,10 @@ from datetime import datetime
 __all__ = ["info", "warning"]
 
 
-def info(message: str, *, time: datetime | None = None, deep: str | None = None) -> datetime:
+def info(message: str, deep: str | None = None, *, time: datetime | None = None) -> datetime:
     """An info message (shown at ``sc.settings.verbosity >= 2``); ``time`` adds the time taken since then.
+
+    ``deep`` adds details shown from ``verbosity >= 3`` (hint); ``{time_passed}`` in ``message`` places the time.
 
     Returns
     -------

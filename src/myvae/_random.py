@@ -2,8 +2,9 @@
 
 scvi-tools seeds through ``scvi.settings.seed``, whose setter seeds every generator of the session (NumPy's global
 state, :mod:`random`, torch on the CPU and every GPU) and sets a few environment variables and cuDNN flags.
-:func:`seeded` gives a block that seed and puts everything back afterwards, so that a call's results depend only on
-its ``random_state`` and the caller's draws after the call are the draws they would have had without it.
+:func:`seeded` gives a block that seed and puts everything back afterwards (:func:`preserved_random_state`), so
+that a call's results depend only on its ``random_state`` and the caller's draws after the call are those they
+would have been without it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from myvae._exceptions import InputError
 
-__all__ = ["MAX_SEED", "RandomState", "seed_from", "seeded"]
+__all__ = ["MAX_SEED", "RandomState", "preserved_random_state", "seed_from", "seeded"]
 
 RandomState = int | np.random.Generator | np.random.RandomState | None
 """What a ``random_state`` argument takes, as in scanpy's tools."""
@@ -59,23 +60,19 @@ def seed_from(random_state: Any) -> int:
 
 
 @contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed everything with ``seed`` (through ``scvi.settings.seed``) for the block, then restore what was there.
+def preserved_random_state() -> Iterator[None]:
+    """Put the caller's random state back after the block, whatever the block drew or seeded.
 
     Restored: NumPy's global state, :mod:`random`'s, torch's CPU generator and every GPU's generator,
     ``scvi.settings.seed``, cuDNN's ``deterministic``/``benchmark`` flags and the environment variables that
     seeding sets.
     """
-    from myvae.model._quiet import quiet_training_logs  # "Seed set to …" is Lightning's chatter
-
     numpy_state, python_state, torch_state = np.random.get_state(), random.getstate(), torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     scvi_seed = scvi.settings._seed
     cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     environment = {name: os.environ.get(name) for name in _ENVIRONMENT}
     try:
-        with quiet_training_logs():
-            scvi.settings.seed = seed
         yield
     finally:
         np.random.set_state(numpy_state)
@@ -90,3 +87,17 @@ def seeded(seed: int) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed everything with ``seed`` (through ``scvi.settings.seed``) for the block, then restore what was there.
+
+    See :func:`preserved_random_state` for what is restored.
+    """
+    from myvae.model._quiet import quiet_training_logs  # "Seed set to …" is Lightning's chatter
+
+    with preserved_random_state():
+        with quiet_training_logs():
+            scvi.settings.seed = seed
+        yield

@@ -26,6 +26,8 @@ _NOISE = (
     r".*does not have many workers which may be a bottleneck.*",
     # scvi-tools warns for BatchNorm's sake; the networks here have no BatchNorm, so a one-cell batch is fine
     r"Last batch will have a small size of 1 samples",
+    # Pyro's notice of a NaN loss: a diverging run ends in TrainingDivergedError, which says so with the fix
+    r"Encountered NaN",
 )
 
 

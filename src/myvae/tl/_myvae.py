@@ -25,7 +25,7 @@ from myvae._data import copy_data, resolve_data, write_aligned_obsm
 from myvae._docs import COPY, DATA, MOD, doc_params
 from myvae._exceptions import InputError, TrainingDivergedError
 from myvae._genes import HIGHLY_VARIABLE_IF_PRESENT, MASK_VAR_DOC, MaskVar
-from myvae._random import RandomState, seed_from, seeded
+from myvae._random import RandomState, preserved_random_state, seed_from, seeded
 from myvae._setup import SETUP_KEY, training_anndata
 from myvae.model import MyVAE
 from myvae.model._backends import check_backend
@@ -120,7 +120,7 @@ def myvae(
     random_state
         Seed of every random draw: an integer, a :class:`numpy.random.Generator` or
         :class:`~numpy.random.RandomState` (a seed is drawn from it), or ``None`` (a fresh seed). The same seed
-        gives the same embedding on the same machine; the caller's random state (NumPy's, :mod:`random`'s,
+        gives the same embedding on the same machine; the caller's random state (NumPy's, ``random``'s,
         torch's, ``scvi.settings.seed``) is left as it was. The seed used is recorded.
     accelerator
         Where to train: ``"auto"``, ``"cpu"``, ``"gpu"``, … (as in Lightning).
@@ -234,7 +234,8 @@ def myvae(
         transform_batch=transform_batch,
     )
     adata, mdata = resolve_data(data, mod, "myvae", copy=copy)
-    reused = None if model is None else reusable_model(model, accelerator)
+    with preserved_random_state():  # building a model draws its initial weights
+        reused = None if model is None else reusable_model(model, accelerator)
     inputs = resolve_inputs(
         adata,
         mdata,
@@ -311,7 +312,7 @@ def myvae(
         adata.uns[SETUP_KEY] = {}
     if mdata is not None:
         write_aligned_obsm(mdata, adata, obsm_key, embedding)
-    logg.info("    finished", time=start, deep=_added(obsm_key, key_added, layer_added, mdata is not None))
+    logg.info(*_finished(obsm_key, key_added, layer_added, mdata is not None), time=start)
     result = adata if mdata is None else mdata
     if copy:
         return (result, trained) if return_model else result
@@ -382,12 +383,14 @@ def _warn_on_overwrite(
         logg.warning(f"Overwriting {entry} with the new myvae results.")
 
 
-def _added(obsm_key: str, key_added: str, layer_added: str | None, into_mudata: bool) -> str:
-    """The list of what a call added, for the closing info message."""
+def _finished(obsm_key: str, key_added: str, layer_added: str | None, into_mudata: bool) -> tuple[str, str]:
+    """The closing info message (what was added, and the time taken) and its details (shown at hint level)."""
+    short = [f"{obsm_key!r} (obsm)", *([f"{layer_added!r} (layers)"] if layer_added else []), f"{key_added!r} (uns)"]
     lines = [f"{obsm_key!r}, the posterior mean of the latent code (obsm)"]
     if layer_added is not None:
         lines.append(f"{layer_added!r}, the denoised, normalised expression (layers)")
     lines.append(f"{key_added!r}, params, history, metrics (uns)")
     if into_mudata:
+        short.append(f"{obsm_key!r} (mdata.obsm)")
         lines.append(f"{obsm_key!r}, aligned to the MuData's cells (mdata.obsm)")
-    return "added\n    " + "\n    ".join(lines)
+    return "    finished ({time_passed}): added " + ", ".join(short), "added\n    " + "\n    ".join(lines)
