@@ -70,10 +70,10 @@ def test_return_model_and_key_added(small_adata):
     assert isinstance(model, mv.MyVAE) and "X_myvae" in result.obsm
 
 
-def test_overwriting_an_embedding_logs_a_warning(small_adata, capfd):
+def test_overwriting_an_embedding_logs_a_warning(small_adata, scanpy_log):
     small_adata.obsm["X_myvae"] = np.zeros((small_adata.n_obs, 10), dtype=np.float32)
     mv.tl.myvae(small_adata, **fast_train_kwargs(max_epochs=2))
-    assert "WARNING: Overwriting adata.obsm['X_myvae']" in capfd.readouterr().err
+    assert "WARNING: Overwriting adata.obsm['X_myvae']" in scanpy_log.readouterr().err
 
 
 def test_scanpy_workflow_runs_on_the_result(small_adata, tmp_path):
