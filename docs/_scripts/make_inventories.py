@@ -177,7 +177,8 @@ def torch() -> tuple[str, list[Entry]]:
     # the distributions are also known by their defining module's name, which is what their page shows
     for name, obj in _exported("torch.distributions"):
         if inspect.isclass(obj) and obj.__module__ != "torch.distributions":
-            entries.append((f"{obj.__module__}.{obj.__qualname__}", "py:class", page(f"torch.distributions.{name}", obj)))
+            defined = f"{obj.__module__}.{obj.__qualname__}"
+            entries.append((defined, "py:class", page(f"torch.distributions.{name}", obj)))
     return version("torch"), entries
 
 

@@ -26,7 +26,7 @@ from myvae._checks import InputError, check_same_genes
 from myvae.module import PyroVAEModule, TorchVAEModule
 
 from ._allocator import reuse_freed_memory
-from ._datamodule import CountsDataModule
+from ._datamodule import CountsDataModule, batch_codes
 from ._guards import interrupts_stay_interrupts
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._quiet import quiet_training_logs
@@ -473,10 +473,7 @@ class MyVAE(VAEMixin, BaseModelClass):
             return super()._make_data_loader(
                 adata, indices, batch_size, shuffle, data_loader_class, **data_loader_kwargs
             )
-        batch_index = None
-        if self.n_batch > 1:
-            codes = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).reshape(-1, 1)
-            batch_index = torch.as_tensor(codes, dtype=torch.long)
+        batch_index = batch_codes(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)) if self.n_batch > 1 else None
         return streamed_rows(counts, indices, batch_size or scvi.settings.batch_size, batch_index=batch_index)
 
     def _minibatches(self, adata: AnnData | None, indices: Sequence[int] | None, batch_size: int | None):
