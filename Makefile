@@ -16,7 +16,7 @@ LATEST_PACKAGES ?= torch scanpy anndata scvi-tools mudata muon pandas
 MIN_PYTHON ?= $(PYTHON)
 MIN_VENV ?= $(HOME)/.cache/myvae/venv-min
 
-.PHONY: demo test test-latest test-min lint docs tutorials package bench bench-quality napari-screenshot clean
+.PHONY: demo test test-latest test-min lint docs tutorials package recipe-sha bench bench-quality napari-screenshot clean
 
 $(BIN)/.myvae-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,7 @@ package: $(BIN)/.myvae-installed
 	rm -rf dist .package-venv
 	$(BIN)/python -m build --outdir dist .
 	$(BIN)/twine check --strict dist/*
+	$(BIN)/python recipe/check_sha.py dist/*.tar.gz
 	$(PYTHON) -m venv .package-venv
 	.package-venv/bin/python -m pip install --quiet --upgrade pip
 	.package-venv/bin/python -m pip install --quiet "$(TORCH_SPEC)"
@@ -73,6 +74,12 @@ package: $(BIN)/.myvae-installed
 	.package-venv/bin/myvae --help > /dev/null
 	.package-venv/bin/python -c "from importlib.metadata import entry_points; from importlib.resources import files; \
 		(ep,) = entry_points(group='napari.manifest', name='myvae'); assert files('myvae._napari').joinpath('napari.yaml').is_file(); print('napari manifest:', ep.value)"
+
+# Write the sha256 of the sdist built from this checkout into the conda-forge recipe (see recipe/recipe.yaml).
+recipe-sha: $(BIN)/.myvae-installed
+	rm -rf dist
+	$(BIN)/python -m build --sdist --outdir dist .
+	$(BIN)/python recipe/check_sha.py --update dist/*.tar.gz
 
 # Training throughput against scvi-tools (20-35 minutes; BENCH_ARGS=--quick for under two).
 bench: $(BIN)/.myvae-installed
