@@ -52,7 +52,8 @@ def get_counts_matrix(adata: AnnData, layer: str | None) -> Any:
             raise InputError("adata.X is empty; pass `layer=` naming the layer that holds the raw counts.")
         return adata.X
     if layer not in adata.layers:
-        available = ", ".join(repr(key) for key in adata.layers) or "none"
+        # anndata >= 0.13 lists adata.X among the layers, under the key None
+        available = ", ".join(repr(key) for key in adata.layers if key is not None) or "none"
         raise InputError(
             f"Layer {layer!r} does not exist (layers: {available}); pass one of them, or layer=None to use adata.X."
         )
