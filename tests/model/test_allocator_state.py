@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers import SMALL_DATA
 
 from myvae.model._allocator import OPT_IN_VARIABLE
 
@@ -76,9 +77,7 @@ def _run(small_adata_path: str, opt_in: bool) -> list[str]:
 
 @pytest.fixture
 def small_adata_path() -> str:
-    from conftest import DATA
-
-    return str(DATA / "pbmc_small_80.h5ad")
+    return str(SMALL_DATA)
 
 
 def test_training_leaves_glibc_dynamic_threshold_on(small_adata_path):
