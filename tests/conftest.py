@@ -15,6 +15,15 @@ collect_ignore_glob = ["scripts/*"]
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _mudata_update_as_in_0_4():
+    """MuData.update() in the tests keeps modality columns where they are, on mudata 0.3 as on 0.4."""
+    from myvae._data import modality_columns_stay
+
+    with modality_columns_stay():
+        yield
+
+
 @pytest.fixture
 def small_adata() -> ad.AnnData:
     """80 PBMC 3k cells × 230 genes of raw counts (tests/data/pbmc_small_80.h5ad)."""

@@ -21,10 +21,11 @@ def test_row_chunks_of_a_backed_h5ad_give_the_in_memory_rows(small_adata, backed
 def test_row_chunks_of_zarr_and_dask_give_the_in_memory_rows(small_adata, tmp_path):
     dask_array = pytest.importorskip("dask.array")
     dense = small_adata.X.toarray()
-    lazy = dask_array.from_array(dense, chunks=(30, -1))
-    small_adata.write_zarr(tmp_path / "small.zarr")
-    lazy_adata = ad.experimental.read_lazy(tmp_path / "small.zarr")
-    for matrix in (lazy, lazy_adata.X):
+    matrices = [dask_array.from_array(dense, chunks=(30, -1))]
+    if hasattr(ad.experimental, "read_lazy"):  # anndata >= 0.12 (the declared floor, 0.11, has no lazy reader)
+        small_adata.write_zarr(tmp_path / "small.zarr")
+        matrices.append(ad.experimental.read_lazy(tmp_path / "small.zarr").X)
+    for matrix in matrices:
         assert is_out_of_core(matrix)
         read = sparse.vstack([chunk for _, chunk in RowChunks(matrix, chunk_size=17)])
         np.testing.assert_array_equal(read.toarray(), dense)
@@ -44,3 +45,54 @@ def test_chunked_counts_check_sums_problems_over_chunks(small_adata, backed_adat
         check_counts_in_chunks(np.log1p(small_adata.X.toarray()), "adata.X", chunk_size=7)
     with pytest.raises(InputError, match="dtype bool"):
         check_counts_in_chunks(small_adata.X.toarray() > 0, "adata.X", chunk_size=7)
+
+
+def _scanpy_workflow_with_raw(adata: ad.AnnData) -> ad.AnnData:
+    """Counts kept in adata.raw, X log-normalised, then some of the genes kept (as after selecting genes)."""
+    import scanpy as sc
+
+    adata.raw = adata.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    return adata[:, ::2].copy()
+
+
+def test_lognormalised_error_says_how_to_use_counts_in_raw(small_adata, unchanged):
+    import myvae as mv
+
+    adata = _scanpy_workflow_with_raw(small_adata)
+    with unchanged(adata), pytest.raises(InputError) as error:
+        mv.pp.setup_counts(adata)
+    message = str(error.value)
+    assert message.startswith("adata.X holds non-integer values (it looks log-normalised); adata.raw holds the raw")
+    assert "`adata.layers['counts'] = adata.raw[:, adata.var_names].X`, then layer='counts'" in message
+    # the advice works
+    adata.layers["counts"] = adata.raw[:, adata.var_names].X
+    mv.pp.setup_counts(adata, layer="counts")
+    assert adata.uns["myvae_setup"] == {"layer": "counts"}
+
+
+def test_lognormalised_error_names_raw_x_itself_when_it_has_the_same_genes(small_adata):
+    import myvae as mv
+
+    small_adata.raw = small_adata.copy()
+    small_adata.X = np.log1p(small_adata.X)
+    with pytest.raises(InputError, match=r"`adata.layers\['counts'\] = adata.raw.X`, then layer='counts'"):
+        mv.pp.setup_counts(small_adata)
+
+
+@pytest.mark.parametrize("raw_problem", ["normalised too", "lacks a gene"])
+def test_lognormalised_error_keeps_the_general_advice_when_raw_cannot_help(small_adata, raw_problem):
+    import myvae as mv
+
+    raw = small_adata.copy()
+    if raw_problem == "normalised too":
+        raw.X = np.log1p(raw.X)
+    else:
+        raw = raw[:, 1:].copy()
+    small_adata.raw = raw
+    small_adata.X = np.log1p(small_adata.X)
+    with pytest.raises(InputError, match="non-integer values") as error:
+        mv.pp.setup_counts(small_adata)
+    assert "adata.raw" not in str(error.value)
+    assert "keep `adata.layers['counts'] = adata.X.copy()` before normalising" in str(error.value)

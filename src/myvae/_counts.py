@@ -9,7 +9,7 @@ AnnData's ``X``, an h5py or zarr array, a dask array) is read and checked a chun
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from math import ceil
 from typing import Any
@@ -36,7 +36,9 @@ __all__ = [
     "counts_location",
     "get_counts_matrix",
     "is_out_of_core",
+    "raw_counts_advice",
     "select_genes",
+    "summarise_counts",
 ]
 
 DEFAULT_CHUNK_SIZE = 4096
@@ -52,7 +54,8 @@ def get_counts_matrix(adata: AnnData, layer: str | None) -> Any:
             raise InputError("adata.X is empty; pass `layer=` naming the layer that holds the raw counts.")
         return adata.X
     if layer not in adata.layers:
-        available = ", ".join(repr(key) for key in adata.layers) or "none"
+        # anndata >= 0.13 lists adata.X among the layers, under the key None
+        available = ", ".join(repr(key) for key in adata.layers if key is not None) or "none"
         raise InputError(
             f"Layer {layer!r} does not exist (layers: {available}); pass one of them, or layer=None to use adata.X."
         )
@@ -190,8 +193,17 @@ class CountsSummary:
             self.n_empty + other.n_empty,
         )
 
-    def raise_for_problems(self, where: str) -> None:
-        """Raise an :class:`~myvae.InputError` naming the first problem and its fix, if the summary shows one."""
+    @property
+    def holds_counts(self) -> bool:
+        """Whether every value is a finite, non-negative whole number (cells without counts aside)."""
+        return not (self.n_not_finite or self.minimum < 0 or self.non_integer)
+
+    def raise_for_problems(self, where: str, counts_elsewhere: Callable[[], str | None] | None = None) -> None:
+        """Raise an :class:`~myvae.InputError` naming the first problem and its fix, if the summary shows one.
+
+        ``counts_elsewhere``, called only when the values look normalised, may name where the raw counts are and
+        how to use them; the generic advice is given otherwise.
+        """
         if self.n_not_finite:
             raise InputError(
                 f"{where} holds {self.n_not_finite} NaN or infinite values; pass a matrix of raw counts "
@@ -203,9 +215,14 @@ class CountsSummary:
                 "Pass the raw counts, e.g. layer='counts'."
             )
         if self.non_integer:
+            fix = counts_elsewhere() if counts_elsewhere is not None else None
             raise InputError(
-                f"{where} holds non-integer values (it looks log-normalised); pass layer='counts' or the raw counts "
-                "(for example, keep `adata.layers['counts'] = adata.X.copy()` before normalising)."
+                f"{where} holds non-integer values (it looks log-normalised); "
+                + (
+                    fix
+                    or "pass layer='counts' or the raw counts (for example, keep "
+                    "`adata.layers['counts'] = adata.X.copy()` before normalising)."
+                )
             )
         if self.n_empty:
             raise InputError(
@@ -214,7 +231,31 @@ class CountsSummary:
             )
 
 
-def check_counts(matrix: Any, where: str) -> None:
+def summarise_counts(matrix: Any, where: str) -> CountsSummary:
+    """The :class:`CountsSummary` of a whole matrix, read a chunk of rows at a time when it is on disk or lazy.
+
+    A matrix without cells or genes is refused at once (:class:`~myvae.InputError`).
+    """
+    if is_out_of_core(matrix):
+        return _summary_in_chunks(matrix, where, DEFAULT_CHUNK_SIZE)
+    summary = CountsSummary.of(matrix, where)
+    if matrix.shape[0] == 0:
+        raise InputError(f"{where} has shape {matrix.shape}; it needs at least one cell and one gene.")
+    return summary
+
+
+def _summary_in_chunks(matrix: Any, where: str, chunk_size: int) -> CountsSummary:
+    rows = RowChunks(matrix, chunk_size)
+    if rows.n_obs == 0 or rows.n_vars == 0:
+        raise InputError(f"{where} has shape {rows.shape}; it needs at least one cell and one gene.")
+    summary = None
+    for chunk in range(rows.n_chunks):
+        chunk_summary = CountsSummary.of(rows.read(*rows.bounds(chunk), dtype=None), where)
+        summary = chunk_summary if summary is None else summary + chunk_summary
+    return summary
+
+
+def check_counts(matrix: Any, where: str, *, counts_elsewhere: Callable[[], str | None] | None = None) -> None:
     """Check that ``matrix`` holds raw counts: finite, non-negative integers, and no cell without counts.
 
     A matrix on disk or computed lazily (:func:`is_out_of_core`) is checked a chunk of rows at a time
@@ -226,14 +267,10 @@ def check_counts(matrix: Any, where: str) -> None:
         Cells × genes: a NumPy array or a SciPy sparse matrix, or anything :class:`RowChunks` reads.
     where
         How the user names the matrix (``"adata.X"``, ``"adata.layers['counts']"``), for the messages.
+    counts_elsewhere
+        Called only if the values look normalised: the advice naming where the raw counts are, or ``None``.
     """
-    if is_out_of_core(matrix):
-        check_counts_in_chunks(matrix, where)
-        return
-    summary = CountsSummary.of(matrix, where)
-    if matrix.shape[0] == 0:
-        raise InputError(f"{where} has shape {matrix.shape}; it needs at least one cell and one gene.")
-    summary.raise_for_problems(where)
+    summarise_counts(matrix, where).raise_for_problems(where, counts_elsewhere)
 
 
 def check_counts_in_chunks(matrix: Any, where: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
@@ -241,14 +278,30 @@ def check_counts_in_chunks(matrix: Any, where: str, chunk_size: int = DEFAULT_CH
 
     The rules and messages are those of the in-memory check; the counts of problems are summed over all chunks.
     """
-    rows = RowChunks(matrix, chunk_size)
-    if rows.n_obs == 0 or rows.n_vars == 0:
-        raise InputError(f"{where} has shape {rows.shape}; it needs at least one cell and one gene.")
-    summary = None
-    for chunk in range(rows.n_chunks):
-        chunk_summary = CountsSummary.of(rows.read(*rows.bounds(chunk), dtype=None), where)
-        summary = chunk_summary if summary is None else summary + chunk_summary
-    summary.raise_for_problems(where)
+    _summary_in_chunks(matrix, where, chunk_size).raise_for_problems(where)
+
+
+def raw_counts_advice(adata: AnnData) -> str | None:
+    """How to train on ``adata.raw`` when it holds raw counts for every gene of ``adata``; ``None`` otherwise.
+
+    ``adata.raw`` always has the cells of ``adata``; it often keeps more genes (those dropped by selecting highly
+    variable genes), so its counts are taken for ``adata``'s genes.
+    """
+    raw = adata.raw
+    if raw is None or not adata.var_names.isin(raw.var_names).all():
+        return None
+    same_genes = raw.var_names.equals(adata.var_names)
+    source = "adata.raw.X" if same_genes else "adata.raw[:, adata.var_names].X"
+    try:
+        summary = summarise_counts(raw.X if same_genes else raw[:, adata.var_names].X, source)
+    except InputError:
+        return None
+    if not summary.holds_counts:
+        return None
+    return (
+        "adata.raw holds the raw counts of these cells and genes: put them in a layer and pass it, "
+        f"`adata.layers['counts'] = {source}`, then layer='counts'."
+    )
 
 
 def check_batch_column(adata: AnnData, key: str) -> None:

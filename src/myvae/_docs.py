@@ -11,7 +11,7 @@ from collections.abc import Callable
 from textwrap import dedent, indent
 from typing import TypeVar
 
-__all__ = ["COPY", "DATA", "MOD", "doc_params"]
+__all__ = ["COPY", "DATA", "LOAD_DEVICE", "MOD", "doc_params"]
 
 T = TypeVar("T")
 
@@ -23,6 +23,12 @@ data
 MOD = """
 mod
     For a MuData: the modality holding the RNA counts (e.g. ``"rna"``).
+"""
+LOAD_DEVICE = """
+accelerator
+    Lightning accelerator to put the model on (``"cpu"``, ``"gpu"``, ``"auto"``).
+device
+    Device index or ``"auto"``.
 """
 COPY = """
 copy

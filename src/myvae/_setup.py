@@ -21,6 +21,7 @@ from myvae._counts import (
     counts_location,
     get_counts_matrix,
     is_out_of_core,
+    raw_counts_advice,
     select_genes,
 )
 
@@ -51,7 +52,8 @@ def check_setup(adata: AnnData, layer: str | None, batch_key: str | None, mask: 
     """Check that ``layer`` (or ``X``) holds raw counts and that ``batch_key`` names an ``obs`` column.
 
     With ``mask`` (a boolean mask over the genes), only the counts of those genes are checked. Counts on disk (a
-    backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time.
+    backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time. When the values look
+    normalised and ``adata.raw`` holds the raw counts, the error says how to use them.
     """
     counts = select_genes(get_counts_matrix(adata, layer), mask)
     if batch_key is not None:
@@ -59,7 +61,7 @@ def check_setup(adata: AnnData, layer: str | None, batch_key: str | None, mask: 
     where = counts_location(layer)
     if mask is not None and not mask.all():
         where += f" (its {int(mask.sum())} genes of mask_var)"
-    check_counts(counts, where)
+    check_counts(counts, where, counts_elsewhere=lambda: raw_counts_advice(adata))
 
 
 def training_anndata(

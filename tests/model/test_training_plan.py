@@ -3,6 +3,7 @@ import pytest
 from helpers import fast_train_kwargs
 
 import myvae as mv
+from myvae.model._epoch_means import EpochTotals
 
 
 def test_history_holds_scvi_tools_keys_per_epoch(small_adata):
@@ -31,3 +32,34 @@ def test_logged_heldout_elbo_is_the_models_elbo_on_those_cells(small_adata):
 def test_default_learning_rate_scales_with_batch_size():
     assert mv.model.default_learning_rate(128) == pytest.approx(1e-3)
     assert mv.model.default_learning_rate(512) == pytest.approx(4e-3)
+
+
+def _elbo_history(adata, backend: str) -> dict[str, np.ndarray]:
+    import scvi
+
+    scvi.settings.seed = 0
+    data = adata.copy()
+    mv.MyVAE.setup_anndata(data)
+    model = mv.MyVAE(data, n_latent=4, backend=backend)
+    # 40 training and 40 held-out cells: minibatches of 32 and 8 cells in both stages
+    model.train(max_epochs=4, batch_size=32, train_size=0.5, early_stopping=False, progress=False, accelerator="cpu")
+    return {key: model.history[key].to_numpy(dtype=float).ravel() for key in ("elbo_train", "elbo_validation")}
+
+
+def test_both_backends_log_the_same_per_cell_elbo_history(small_adata):
+    torch_history = _elbo_history(small_adata, "torch")
+    pyro_history = _elbo_history(small_adata, "pyro")
+    for key in ("elbo_train", "elbo_validation"):
+        assert len(pyro_history[key]) == 4
+        np.testing.assert_allclose(pyro_history[key], torch_history[key], rtol=1e-5, err_msg=key)
+
+
+def test_epoch_totals_weight_each_minibatch_by_its_cells():
+    totals = EpochTotals(("reconstruction_loss", "kl_local"))
+    totals.add(32, reconstruction_loss=32 * 1.0, kl_local=32 * 0.5)
+    totals.add(8, reconstruction_loss=8 * 6.0, kl_local=8 * 1.5)  # a smaller last minibatch
+    means = {name: float(value) for name, value in totals.means().items()}
+    # per cell: (32 * 1 + 8 * 6) / 40 = 2 (the mean over minibatches would be 3.5)
+    assert means == pytest.approx({"reconstruction_loss": 2.0, "kl_local": 0.7, "elbo": 2.7})
+    totals.reset()
+    assert totals.n_obs == 0 and float(totals.sums["kl_local"]) == 0.0

@@ -99,6 +99,7 @@ def test_h5mu_round_trip_and_muon_workflow(cite, tmp_path):
     sc.tl.leiden(reread, flavor="igraph", n_iterations=2)
     assert reread.obsm["X_umap"].shape == (400, 2)
     assert np.isfinite(reread.obsm["X_umap"]).all()
+    reread.pull_obs(columns=["batch"], mods=["rna"])  # mudata >= 0.4 pulls modality columns only when asked
     mu.pl.embedding(reread, basis="X_umap", color=["leiden", "rna:batch"], show=False)
 
 

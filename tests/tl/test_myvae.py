@@ -182,6 +182,7 @@ def test_layer_added_is_normalised_expression(small_adata):
 
 
 def test_only_what_was_asked_for_is_written(small_adata):
+    layers = list(small_adata.layers)  # anndata >= 0.13 lists X here, as the layer None
     mv.tl.myvae(small_adata, **fast_train_kwargs(max_epochs=2))
-    assert list(small_adata.layers) == []
+    assert list(small_adata.layers) == layers
     assert dict(small_adata.uns["myvae"]["params"]["outputs"]) == {"obsm": "X_myvae"}

@@ -20,6 +20,7 @@ from myvae._counts import batch_code, is_out_of_core
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
 
+from ._datamodule import batch_codes
 from ._streaming import streamed_rows
 
 __all__ = ["PosteriorMixin"]
@@ -59,10 +60,7 @@ class PosteriorMixin:
             return super()._make_data_loader(
                 adata, indices, batch_size, shuffle, data_loader_class, **data_loader_kwargs
             )
-        batch_index = None
-        if self.n_batch > 1:
-            codes = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).reshape(-1, 1)
-            batch_index = torch.as_tensor(codes, dtype=torch.long)
+        batch_index = batch_codes(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)) if self.n_batch > 1 else None
         return streamed_rows(counts, indices, batch_size or scvi.settings.batch_size, batch_index=batch_index)
 
     def _per_cell(

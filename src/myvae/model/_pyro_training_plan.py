@@ -1,22 +1,30 @@
-"""scvi-tools' Pyro training plan, extended with the held-out ELBO that the PyTorch plan already logs."""
+"""scvi-tools' Pyro training plan, with the per-cell epoch history and the held-out ELBO of the PyTorch plan."""
 
 from __future__ import annotations
 
 import torch
+from scvi import REGISTRY_KEYS
 from scvi.train import PyroTrainingPlan
 
+from ._epoch_means import EpochMeansMixin
 from ._guards import check_finite_loss
 
 __all__ = ["ValidatedPyroTrainingPlan"]
 
 
-class ValidatedPyroTrainingPlan(PyroTrainingPlan):
-    """:class:`~scvi.train.PyroTrainingPlan` that also scores the validation cells.
+class ValidatedPyroTrainingPlan(EpochMeansMixin, PyroTrainingPlan):
+    """:class:`~scvi.train.PyroTrainingPlan` that logs the history of :class:`~myvae.model.LeanTrainingPlan`.
 
-    It logs ``elbo_validation`` (the negative ELBO per cell on held-out cells, the same quantity and name as
-    scvi-tools' :class:`~scvi.train.TrainingPlan`), so both backends keep the same history and early stopping
-    can monitor it.
+    ``elbo_train`` and ``elbo_validation`` (and ``validation_loss``, which early stopping can monitor) are the
+    negative ELBO per cell, averaged over the cells of the epoch — not, as in scvi-tools' Pyro plan, averaged over
+    minibatches — so both backends log the same numbers for the same training. Under a KL warm-up
+    (``n_epochs_kl_warmup`` or ``n_steps_kl_warmup`` in ``plan_kwargs``) ``elbo_train`` is the KL-weighted loss
+    that SVI optimises, as in scvi-tools; ``elbo_validation`` is always the full ELBO.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_epoch_totals()
 
     @property
     def _learning_rate(self) -> float | None:
@@ -25,12 +33,18 @@ class ValidatedPyroTrainingPlan(PyroTrainingPlan):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """One SVI step; stops with :class:`~myvae.TrainingDivergedError` once the ELBO is no longer finite."""
         output = super().training_step(batch, batch_idx)
-        check_finite_loss(float(output["loss"]), stage="training", epoch=self.current_epoch, lr=self._learning_rate)
+        # scvi-tools keeps every step's loss for a mean over minibatches; the epoch's totals replace it
+        self.training_step_outputs.clear()
+        loss = float(output["loss"]) / self.scale_elbo
+        check_finite_loss(loss, stage="training", epoch=self.current_epoch, lr=self._learning_rate)
+        n_obs = batch[REGISTRY_KEYS.X_KEY].shape[0]
+        self._train_totals.add(n_obs, elbo=loss * n_obs)
         return output
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Negative ELBO per cell of one validation minibatch, averaged over the epoch by Lightning."""
+        """Score one minibatch of held-out cells."""
         args, kwargs = self.module._get_fn_args_from_batch(batch)
         loss = self.loss_fn.loss(self.module.model, self.module.guide, *args, **kwargs)
         check_finite_loss(loss, stage="validation", epoch=self.current_epoch, lr=self._learning_rate)
-        self.log("elbo_validation", loss, on_epoch=True, prog_bar=True, batch_size=args[0].shape[0])
+        n_obs = batch[REGISTRY_KEYS.X_KEY].shape[0]
+        self._validation_totals.add(n_obs, elbo=loss * n_obs)

@@ -30,6 +30,7 @@ from mudata import MuData
 
 from myvae import _logging as logg
 from myvae._checks import check_same_genes
+from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
 from myvae._setup import SETUP_KEY, check_setup, read_setup, training_anndata
 
@@ -82,6 +83,7 @@ def model_to_record(model: MyVAE) -> dict[str, Any]:
     return record
 
 
+@doc_params(load_device=LOAD_DEVICE)
 def model_from_record(
     record: Mapping[str, Any], adata: AnnData | None = None, *, accelerator: str = "auto", device: int | str = "auto"
 ) -> MyVAE:
@@ -100,10 +102,7 @@ def model_from_record(
         ``X``) and, for a model trained with batches, their batch column; ``adata`` itself is not modified. ``None``
         attaches a placeholder with the model's genes and one empty cell: pass cells to the model's methods then,
         e.g. ``model.get_latent_representation(new_cells)``, or embed them with ``mv.tl.myvae(new_cells, model=...)``.
-    accelerator
-        Lightning accelerator to put the model on (``"cpu"``, ``"gpu"``, ``"auto"``).
-    device
-        Device index or ``"auto"``.
+    {load_device}
 
     Returns
     -------

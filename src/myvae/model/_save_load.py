@@ -23,6 +23,7 @@ from scvi.model._utils import parse_device_args
 
 from myvae._checks import check_same_genes
 from myvae._counts import batch_labels
+from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
 
 from ._backends import BACKENDS
@@ -206,6 +207,7 @@ class SaveLoadMixin:
         return pd.Index(read_model_file(dir_path, prefix)["var_names"])
 
     @classmethod
+    @doc_params(load_device=LOAD_DEVICE)
     def load(
         cls,
         dir_path: str | Path,
@@ -231,10 +233,7 @@ class SaveLoadMixin:
             model (``save_anndata=True``).
         prefix
             Prefix given to :meth:`save`.
-        accelerator
-            Lightning accelerator to put the model on (``"cpu"``, ``"gpu"``, ``"auto"``).
-        device
-            Device index or ``"auto"``.
+        {load_device}
 
         Returns
         -------
@@ -257,6 +256,7 @@ class SaveLoadMixin:
         return restore_model(cls, saved, adata, accelerator=accelerator, device=device)
 
     @classmethod
+    @doc_params(load_device=LOAD_DEVICE)
     def from_anndata(
         cls, adata: AnnData, key: str = "myvae", *, accelerator: str = "auto", device: int | str = "auto"
     ) -> Self:
@@ -276,10 +276,7 @@ class SaveLoadMixin:
             read back from an h5ad/h5mu file.
         key
             The ``key_added`` it was trained with.
-        accelerator
-            Lightning accelerator to put the model on (``"cpu"``, ``"gpu"``, ``"auto"``).
-        device
-            Device index or ``"auto"``.
+        {load_device}
 
         Returns
         -------

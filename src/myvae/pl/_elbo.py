@@ -12,6 +12,8 @@ from mudata import MuData
 from myvae._data import resolve_data
 from myvae._exceptions import InputError
 
+from ._save import check_save, save_or_show
+
 __all__ = ["elbo"]
 
 _CURVES = {"elbo_train": "training cells", "elbo_validation": "held-out cells"}
@@ -24,6 +26,7 @@ def elbo(
     mod: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
+    save: bool | str | None = None,
 ) -> Axes | None:
     """Plot the ELBO per cell at each epoch, on the training and on the held-out cells.
 
@@ -43,6 +46,11 @@ def elbo(
     show
         Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`. The axes are returned when it is not
         shown.
+    save
+        Save the figure into :attr:`scanpy.settings.figdir`, as scanpy's plotting functions do: ``True`` writes
+        ``elbo.<ext>`` with ``ext`` = :attr:`scanpy.settings.file_format_figs`; a string is appended to the name
+        (``save="_run1.pdf"`` writes ``elbo_run1.pdf``, its extension choosing the format). ``None`` follows
+        :attr:`scanpy.settings.autosave`.
 
     Returns
     -------
@@ -55,6 +63,7 @@ def elbo(
     >>> mv.tl.myvae(adata, max_epochs=3, progress=False)
     >>> ax = mv.pl.elbo(adata, show=False)
     """
+    check_save(save)
     adata, _ = resolve_data(adata, mod, "elbo")
     run = adata.uns.get(key)
     history = run.get("history") if isinstance(run, Mapping) else None
@@ -62,7 +71,8 @@ def elbo(
         raise InputError(
             f"adata.uns[{key!r}] holds no myvae training history; run `mv.tl.myvae(adata, key_added={key!r})` first."
         )
-    if ax is None:
+    own_figure = ax is None
+    if own_figure:
         _, ax = plt.subplots(figsize=(5, 3.5))
     for name, label in _CURVES.items():
         if name in history:
@@ -72,11 +82,4 @@ def elbo(
     ax.set_ylabel("ELBO per cell")
     ax.set_title(f"myvae training ({key})")
     ax.legend(frameon=False)
-    if show is None:
-        import scanpy as sc
-
-        show = sc.settings.autoshow
-    if show:
-        plt.show()
-        return None
-    return ax
+    return save_or_show("elbo", ax, show=show, save=save, own_figure=own_figure)
