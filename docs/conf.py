@@ -64,6 +64,7 @@ _INVENTORIES = {
     "scvi-tools": "https://docs.scvi-tools.org/en/stable",
     "torch": "https://docs.pytorch.org/docs/stable",
     "pyro": "https://docs.pyro.ai/en/stable",
+    "lightning": "https://lightning.ai/docs/pytorch/stable",
 }
 intersphinx_mapping = {name: (url, f"_inventories/{name}.inv") for name, url in _INVENTORIES.items()}
 
@@ -75,6 +76,10 @@ QUALNAME_OVERRIDES = {
     "mudata._core.mudata.MuData": "mudata.MuData",
     "pandas.core.frame.DataFrame": "pandas.DataFrame",
     "pandas.core.indexes.base.Index": "pandas.Index",
+    "pandas.core.series.Series": "pandas.Series",
+    "numpy.random._generator.Generator": "numpy.random.Generator",
+    "numpy.random.mtrand.RandomState": "numpy.random.RandomState",
+    "lightning.pytorch.callbacks.callback.Callback": "lightning.pytorch.callbacks.Callback",
     "matplotlib.axes._axes.Axes": "matplotlib.axes.Axes",
     "torch.nn.modules.module.Module": "torch.nn.Module",
     "scvi.train._trainingplans.TrainingPlan": "scvi.train.TrainingPlan",
@@ -87,6 +92,10 @@ QUALNAME_OVERRIDES = {
     "pyro.distributions.torch.Normal": "pyro.distributions.Normal",
     "pyro.distributions.torch.Independent": "pyro.distributions.Independent",
 }
+
+# The one name left unresolved on purpose: the sentinel that stands for mask_var's default ("highly_variable" if that
+# column exists), as scanpy's own sentinel does in its signatures; the parameter's description says what it means.
+nitpick_ignore = [("py:class", "myvae._genes._Default")]
 
 
 def _public_name(app, env, node, contnode):

@@ -119,6 +119,7 @@ def numpy() -> tuple[str, list[Entry]]:
     page = _generated("reference/generated/")
     entries = _api(["numpy"], page, members=lambda full, member: page(f"{full}.{member}", None))
     entries.append(("numpy.random.Generator", "py:class", "reference/random/generator.html#numpy.random.Generator"))
+    entries.append(("numpy.random.RandomState", "py:class", "reference/random/legacy.html#numpy.random.RandomState"))
     return version("numpy"), entries
 
 
@@ -209,6 +210,16 @@ def pyro() -> tuple[str, list[Entry]]:
     return version("pyro-ppl"), entries
 
 
+def lightning() -> tuple[str, list[Entry]]:
+    # only what myvae's signatures name; the API pages are api/<full name>.html
+    names = [
+        "lightning.pytorch.callbacks.Callback",
+        "lightning.pytorch.Trainer",
+        "lightning.pytorch.LightningDataModule",
+    ]
+    return version("lightning"), [(name, "py:class", f"api/{name}.html#{name}") for name in names]
+
+
 PROJECTS: dict[str, tuple[str, Callable[[], tuple[str, list[Entry]]]]] = {
     "python": ("Python", python),
     "numpy": ("NumPy", numpy),
@@ -220,6 +231,7 @@ PROJECTS: dict[str, tuple[str, Callable[[], tuple[str, list[Entry]]]]] = {
     "scvi-tools": ("scvi-tools", scvi_tools),
     "torch": ("PyTorch", torch),
     "pyro": ("Pyro", pyro),
+    "lightning": ("PyTorch Lightning", lightning),
 }
 
 

@@ -1,11 +1,11 @@
 """The trained model as a record of plain arrays and scalars, carried by an AnnData in ``uns``.
 
-:func:`myvae.tl.myvae` stores :func:`model_to_record`'s record in ``adata.uns[key_added]["model"]``, where it survives
-``write_h5ad``/``read_h5ad`` and, in a MuData's modality, ``.h5mu`` files: the weights as ``float32`` arrays, the
-constructor arguments, the genes, the setup (layer, batch column, batches), the backend's name, the format and a
-SHA-256 checksum. :func:`model_from_record` builds the model back. Like :meth:`myvae.MyVAE.load` it runs no code from
-the record: nothing in it is unpickled or evaluated, and every entry — keys, types, dtypes, the backend, the weights'
-shapes against the constructor arguments, the checksum — is checked before a model is built.
+:func:`myvae.tl.myvae` stores :func:`~myvae.model.model_to_record`'s record in ``adata.uns[key_added]["model"]``, where
+it survives ``write_h5ad``/``read_h5ad`` and, in a MuData's modality, ``.h5mu`` files: the weights as ``float32``
+arrays, the constructor arguments, the genes, the setup (layer, batch column, batches), the backend's name, the format
+and a SHA-256 checksum. :func:`model_from_record` builds the model back. Like :meth:`myvae.MyVAE.load` it runs no code
+from the record: nothing in it is unpickled or evaluated, and every entry — keys, types, dtypes, the backend, the
+weights' shapes against the constructor arguments, the checksum — is checked before a model is built.
 
 The checksum detects a record changed after it was written (a damaged file, an edited weight). It is not a
 signature: whoever can edit the record can also recompute it, so trust a record as far as the file it came in.
@@ -87,7 +87,7 @@ def model_to_record(model: MyVAE) -> dict[str, Any]:
 def model_from_record(
     record: Mapping[str, Any], adata: AnnData | None = None, *, accelerator: str = "auto", device: int | str = "auto"
 ) -> MyVAE:
-    """Build the model a record (:func:`model_to_record`) describes, after checking every entry of it.
+    """Build the model a record (:func:`~myvae.model.model_to_record`) describes, after checking every entry of it.
 
     Nothing in the record is run: it holds only arrays and scalars, and its keys, types, ``float32`` weights, their
     shapes against the constructor arguments, the backend and the checksum are all checked before the model is built.
