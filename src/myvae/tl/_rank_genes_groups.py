@@ -29,6 +29,7 @@ from myvae.model._differential import (
     Comparison,
     differential_expression,
     pseudocount_for,
+    ranking,
 )
 
 __all__ = ["rank_genes_groups"]
@@ -54,7 +55,7 @@ _FIELDS = {
     "is_de_fdr": "bool",
 }
 _COLUMNS = {
-    "scores": "score",
+    "scores": "lfc_mean",
     "logfoldchanges": "lfc_mean",
     "pvals_adj": "expected_fdr",
     "proba_de": "proba_de",
@@ -272,15 +273,17 @@ def rank_genes_groups(
     Returns
     -------
     ``None``, or with ``copy=True`` the new AnnData (MuData). Sets ``adata.uns[key_added]``, with, as in scanpy,
-    record arrays with one field per group, each sorted by decreasing score (ties by decreasing log fold change):
+    record arrays with one field per group, each sorted by decreasing score (ties by decreasing ``proba_de``):
 
     ``names``
         Gene names.
     ``scores``
-        ``"change"``: the log Bayes factor (log odds) of up-regulation, :math:`\log P(\mathrm{LFC} > \delta) -
-        \log(1 - P(\mathrm{LFC} > \delta))`, so that genes up in the group come first and genes down in it last;
-        ``"vanilla"``: the log odds of :math:`\rho_A > \rho_B`. Estimated from ``n_samples`` draws with half a
-        draw added on each side, so it is bounded by :math:`\pm\log(2\,n\_samples + 1)`.
+        The ranking statistic, in both modes: the posterior mean of the log2 fold change (the same values as
+        ``logfoldchanges``), an effect size. Genes up in the group come first and genes down in it last, as in
+        scanpy. Against ``"rest"`` it is the average of the group's fold changes against each other group,
+        weighted by their shares of the cells, so a marker that a minority of the other cells also express keeps
+        most of its score (see the documentation's *Differential expression* page for why the ranking is not by a
+        probability).
     ``logfoldchanges``
         Posterior mean of the log2 fold change of normalised expression.
     ``pvals``
@@ -342,10 +345,7 @@ def rank_genes_groups(
         batch_correction=bool(batch_correction),
         random_state=int(random_state),
     )
-    orders = {
-        group: np.lexsort((-table["lfc_mean"].to_numpy(), -table["score"].to_numpy()))
-        for group, table in tables.items()
-    }
+    orders = {group: ranking(table) for group, table in tables.items()}
     result = {
         "params": {
             "groupby": groupby,
