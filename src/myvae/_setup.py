@@ -14,6 +14,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from myvae._checks import check_same_genes
 from myvae._counts import (
     batch_labels,
     check_batch_column,
@@ -25,7 +26,15 @@ from myvae._counts import (
     select_genes,
 )
 
-__all__ = ["SETUP_KEY", "check_setup", "make_setup_record", "read_setup", "training_anndata"]
+__all__ = [
+    "SETUP_KEY",
+    "check_setup",
+    "make_setup_record",
+    "model_counts",
+    "read_setup",
+    "trained_layer",
+    "training_anndata",
+]
 
 SETUP_KEY = "myvae_setup"
 """Key of ``adata.uns`` where :func:`myvae.pp.setup_counts` records its choices."""
@@ -101,3 +110,30 @@ def training_anndata(
         obs[batch_key] = batch_labels(adata.obs[batch_key]) if batches is None else batches
     var = pd.DataFrame(index=adata.var_names.copy() if mask is None else adata.var_names[mask])
     return AnnData(X=matrix, obs=obs, var=var)
+
+
+def trained_layer(adata: AnnData, key: str = "myvae") -> str | None:
+    """The counts layer a model was trained on: what :func:`myvae.tl.myvae` recorded, else the setup record's."""
+    params = adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) else {}
+    if params.get("layer") is not None:
+        return params["layer"]
+    return read_setup(adata)["layer"]
+
+
+def model_counts(adata: AnnData, model_genes: pd.Index, layer: str | None) -> tuple[Any, pd.Index]:
+    """The counts of the model's genes, checked, as lazily as they are stored, and those genes' names.
+
+    The data may hold more genes than the model (e.g. all genes, when the model was trained on the highly variable
+    ones): the model's genes are selected by name. They must all be there, in the model's order.
+    """
+    positions = adata.var_names.get_indexer(model_genes)
+    if (positions < 0).any() or not np.all(np.diff(positions) > 0):
+        check_same_genes(model_genes, adata.var_names)
+    mask = np.zeros(adata.n_vars, dtype=bool)
+    mask[positions] = True
+    where = counts_location(layer)
+    if not mask.all():
+        where += f" (the model's {int(mask.sum())} genes)"
+    counts = select_genes(get_counts_matrix(adata, layer), mask)
+    check_counts(counts, where, counts_elsewhere=lambda: raw_counts_advice(adata))
+    return counts, adata.var_names[mask]
