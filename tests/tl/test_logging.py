@@ -49,6 +49,18 @@ def test_at_info_level_the_call_says_what_it_added_and_how_long_it_took(small_ad
     assert "'myvae', params, history, metrics (uns)" in err
 
 
+def test_early_stopping_speaks_only_at_info_level(small_adata, scanpy_log, verbosity):
+    stopping_early = fast_train_kwargs(max_epochs=20) | {"early_stopping_patience": 1}
+    verbosity(1)
+    mv.tl.myvae(small_adata, lr=0.1, **stopping_early)  # large steps: the held-out ELBO soon stops improving
+    captured = scanpy_log.readouterr()
+    assert small_adata.uns["myvae"]["params"]["epochs_trained"] < 20
+    assert captured.out == "" and captured.err == ""
+    verbosity(2)
+    mv.tl.myvae(small_adata, lr=0.1, **stopping_early)
+    assert "did not improve in the last 1 records" in scanpy_log.readouterr().err
+
+
 def test_the_default_verbosity_shows_warnings_only(small_adata, scanpy_log, verbosity):
     verbosity(1)
     mv.tl.myvae(small_adata, **fast_train_kwargs(max_epochs=1))

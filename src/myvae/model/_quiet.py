@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from scvi.train import _trainrunner
+from scvi.train import _callbacks, _trainrunner
+
+from myvae import _logging
 
 __all__ = ["quiet_training_logs"]
 
@@ -41,15 +43,25 @@ def _print_but_scvi_exception_notice(*values: Any, **kwargs: Any) -> None:
     builtins.print(*values, **kwargs)
 
 
+def _early_stopping_reason_as_info(*values: Any, **kwargs: Any) -> None:
+    _logging.info("    " + " ".join(str(value) for value in values).strip())
+
+
+_PRINTS = {_trainrunner: _print_but_scvi_exception_notice, _callbacks: _early_stopping_reason_as_info}
+"""scvi-tools' modules that print to stdout, and what their ``print`` does instead while training."""
+
+
 @contextmanager
 def quiet_training_logs() -> Iterator[None]:
     """Silence informational messages ("GPU available…", tips, setup transfer) and known harmless warnings.
 
     Also keeps scvi-tools' ``TrainRunner`` from printing "Exception raised during training. <class 'NameError'> …"
-    before an error from training (a divergence, an interrupt) reaches the caller with its own message.
+    before an error from training (a divergence, an interrupt) reaches the caller with its own message, and sends
+    the reason its early stopping prints ("Monitored metric … did not improve …") to scanpy's logging at info level.
     """
-    shadowed = _trainrunner.__dict__.get("print")
-    _trainrunner.print = _print_but_scvi_exception_notice
+    shadowed = {module: module.__dict__.get("print") for module in _PRINTS}
+    for module, replacement in _PRINTS.items():
+        module.print = replacement
     loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -62,7 +74,8 @@ def quiet_training_logs() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-        if shadowed is None:
-            del _trainrunner.print
-        else:
-            _trainrunner.print = shadowed
+        for module, previous in shadowed.items():
+            if previous is None:
+                del module.print
+            else:
+                module.print = previous
