@@ -184,6 +184,16 @@ def _records(tables: dict[str, pd.DataFrame], field: str, orders: dict[str, np.n
     return pd.DataFrame(columns).to_records(index=False, column_dtypes=_FIELDS[field])
 
 
+def _with_every_gene(table: pd.DataFrame, var_names: pd.Index) -> pd.DataFrame:
+    """The table with the genes the model leaves out appended, without values: ranked last, never called DE.
+
+    scanpy's ranking plots (e.g. ``values_to_plot=`` of the dot plot) expect every gene of the AnnData.
+    """
+    extended = table.reindex(table.index.append(var_names.difference(table.index, sort=False)))
+    extended["is_de_fdr"] = extended["is_de_fdr"].astype("boolean").fillna(False).astype(bool)
+    return extended
+
+
 def rank_genes_groups(
     data: AnnData | MuData,
     groupby: str,
@@ -337,6 +347,8 @@ def rank_genes_groups(
         batch_correction=bool(batch_correction),
         random_state=int(random_state),
     )
+    if len(genes) < adata.n_vars:
+        tables = {group: _with_every_gene(table, adata.var_names) for group, table in tables.items()}
     orders = {group: ranking(table) for group, table in tables.items()}
     result = {
         "params": {
