@@ -1,4 +1,5 @@
 import os
+import sys
 
 import anndata as ad
 import numpy as np
@@ -12,6 +13,15 @@ collect_ignore_glob = ["scripts/*"]
 
 # The napari tests run without a screen: Qt draws offscreen.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _mudata_update_as_in_0_4():
+    """MuData.update() in the tests keeps modality columns where they are, on mudata 0.3 as on 0.4."""
+    from myvae._data import modality_columns_stay
+
+    with modality_columns_stay():
+        yield
 
 
 @pytest.fixture
@@ -46,6 +56,31 @@ def lognormalised_adata(small_adata) -> ad.AnnData:
     sc.pp.normalize_total(small_adata, target_sum=1e4)
     sc.pp.log1p(small_adata)
     return small_adata
+
+
+class _CurrentStderr:
+    """A stream that writes to whatever ``sys.stderr`` is at the time (pytest swaps it between a test's phases)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture
+def scanpy_log(capfd):
+    """``capfd``, with scanpy's logging (which myvae's messages go through) writing into it.
+
+    scanpy's handler keeps the stream it was given when scanpy was imported; this points it at the captured stderr
+    for the test, and puts the stream and ``sc.settings.verbosity`` back afterwards.
+    """
+    import scanpy as sc
+
+    logfile, verbosity = sc.settings.logfile, sc.settings.verbosity
+    sc.settings.logfile = _CurrentStderr()
+    yield capfd
+    sc.settings.logfile, sc.settings.verbosity = logfile, verbosity
 
 
 class Unchanged:

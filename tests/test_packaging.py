@@ -1,11 +1,11 @@
 """The conda-forge recipe renders and asks for what pyproject.toml asks for."""
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import rattler_build as rb
-import tomllib
 from packaging.requirements import Requirement
 from rattler_build.tool_config import PlatformConfig
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
+from difflib import SequenceMatcher
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ __all__ = [
     "MIN_CELLS",
     "check_anndata",
     "check_key_added",
+    "check_keywords",
     "check_obs_key",
     "check_positive_float",
     "check_positive_int",
@@ -86,3 +88,28 @@ def check_same_genes(model_genes: Sequence[str], data_genes: Sequence[str]) -> N
             "Subset and order the data to the model's genes, e.g. `adata[:, model_genes]`."
         )
     raise InputError("The data have the model's genes in another order; reorder them with `adata[:, model_genes]`.")
+
+
+def check_keywords(given: Iterable[str], valid: Collection[str], func: str) -> None:
+    """Raise an :class:`~myvae.InputError` naming the first keyword of ``given`` not in ``valid``.
+
+    The message lists the valid keywords, the closest to the unknown one first (:mod:`difflib`'s similarity).
+
+    Parameters
+    ----------
+    given
+        The keywords passed.
+    valid
+        The keywords accepted.
+    func
+        Name of the function, for the message.
+    """
+    unknown = [key for key in given if key not in valid]
+    if not unknown:
+        return
+    key = unknown[0]
+    ranked = sorted(valid, key=lambda name: (-SequenceMatcher(None, key, name).ratio(), name))
+    raise InputError(
+        f"{func} got an unknown keyword argument {key!r}; did you mean {ranked[0]!r}? Valid keywords, closest "
+        f"first: {', '.join(ranked)}."
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import mudata
 import numpy as np
 from anndata import AnnData
 from mudata import MuData
@@ -11,7 +13,18 @@ from mudata import MuData
 from myvae._checks import check_anndata
 from myvae._exceptions import InputError
 
-__all__ = ["copy_data", "resolve_data", "write_aligned_obsm"]
+__all__ = ["copy_data", "modality_columns_stay", "resolve_data", "write_aligned_obsm"]
+
+
+def modality_columns_stay() -> AbstractContextManager:
+    """Within the block, ``MuData.update()`` (which reading a file calls) behaves as in mudata >= 0.4.
+
+    Modality columns stay in their modalities instead of being pulled into the global ``obs``/``var``. mudata 0.3
+    still pulls them unless told not to, and announces the change with a ``FutureWarning``; mudata 0.4 has no
+    such option, and its ``update()`` already keeps them where they are.
+    """
+    set_options = getattr(mudata, "set_options", None)  # mudata < 0.4
+    return set_options(pull_on_update=False) if set_options is not None else nullcontext()
 
 
 def resolve_data(data: Any, mod: str | None, func: str, *, copy: bool = False) -> tuple[AnnData, MuData | None]:

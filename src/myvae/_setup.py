@@ -14,17 +14,26 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from myvae._batches import batch_labels, check_batch_column
+from myvae._checks import check_same_genes
 from myvae._counts import (
-    batch_labels,
-    check_batch_column,
     check_counts,
     counts_location,
     get_counts_matrix,
     is_out_of_core,
     raw_counts_advice,
+    select_genes,
 )
 
-__all__ = ["SETUP_KEY", "check_setup", "make_setup_record", "read_setup", "training_anndata"]
+__all__ = [
+    "SETUP_KEY",
+    "check_setup",
+    "make_setup_record",
+    "model_counts",
+    "read_setup",
+    "trained_layer",
+    "training_anndata",
+]
 
 SETUP_KEY = "myvae_setup"
 """Key of ``adata.uns`` where :func:`myvae.pp.setup_counts` records its choices."""
@@ -47,24 +56,48 @@ def read_setup(adata: AnnData) -> dict[str, Any]:
     return {"layer": record.get("layer"), "batch_key": record.get("batch_key")}
 
 
-def check_setup(adata: AnnData, layer: str | None, batch_key: str | None) -> None:
+def check_setup(adata: AnnData, layer: str | None, batch_key: str | None, mask: np.ndarray | None = None) -> None:
     """Check that ``layer`` (or ``X``) holds raw counts and that ``batch_key`` names an ``obs`` column.
 
-    Counts on disk (a backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time. When the
-    values look normalised and ``adata.raw`` holds the raw counts, the error says how to use them.
+    With ``mask`` (a boolean mask over the genes), only the counts of those genes are checked. Counts on disk (a
+    backed AnnData's ``X``, a zarr or dask array) are checked a chunk of rows at a time. When the values look
+    normalised and ``adata.raw`` holds the raw counts, the error says how to use them.
     """
-    counts = get_counts_matrix(adata, layer)
+    counts = select_genes(get_counts_matrix(adata, layer), mask)
     if batch_key is not None:
         check_batch_column(adata, batch_key)
-    check_counts(counts, counts_location(layer), counts_elsewhere=lambda: raw_counts_advice(adata))
+    where = counts_location(layer)
+    if mask is not None and not mask.all():
+        where += f" (its {int(mask.sum())} genes of mask_var)"
+    check_counts(counts, where, counts_elsewhere=lambda: raw_counts_advice(adata))
 
 
-def training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
+def training_anndata(
+    adata: AnnData,
+    layer: str | None,
+    batch_key: str | None,
+    *,
+    batches: pd.Categorical | None = None,
+    mask: np.ndarray | None = None,
+) -> AnnData:
     """A bare AnnData around the counts (and batches), so that scvi-tools' registration never touches the user's.
 
     Counts on disk (backed HDF5 or zarr, or a dask array) stay there: the bare AnnData refers to them.
+
+    Parameters
+    ----------
+    adata
+        The user's data.
+    layer
+        The layer holding the counts (``None``: ``X``).
+    batch_key
+        Name of the batch column of the bare AnnData; ``None`` for none.
+    batches
+        The batch of each cell; ``None`` reads ``adata.obs[batch_key]``.
+    mask
+        The genes to keep (a boolean mask over ``adata``'s genes); ``None`` keeps all.
     """
-    counts = get_counts_matrix(adata, layer)
+    counts = select_genes(get_counts_matrix(adata, layer), mask)
     if is_out_of_core(counts):
         matrix = counts  # read a chunk of cells at a time by the model, never loaded whole
     elif sparse.issparse(counts):
@@ -73,6 +106,33 @@ def training_anndata(adata: AnnData, layer: str | None, batch_key: str | None) -
         matrix = np.asarray(counts, dtype=np.float32)
     obs = pd.DataFrame(index=adata.obs_names.copy())
     if batch_key is not None:
-        obs[batch_key] = batch_labels(adata.obs[batch_key])
-    var = pd.DataFrame(index=adata.var_names.copy())
+        obs[batch_key] = batch_labels(adata.obs[batch_key]) if batches is None else batches
+    var = pd.DataFrame(index=adata.var_names.copy() if mask is None else adata.var_names[mask])
     return AnnData(X=matrix, obs=obs, var=var)
+
+
+def trained_layer(adata: AnnData, key: str = "myvae") -> str | None:
+    """The counts layer a model was trained on: what :func:`myvae.tl.myvae` recorded, else the setup record's."""
+    params = adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) else {}
+    if params.get("layer") is not None:
+        return params["layer"]
+    return read_setup(adata)["layer"]
+
+
+def model_counts(adata: AnnData, model_genes: pd.Index, layer: str | None) -> tuple[Any, pd.Index]:
+    """The counts of the model's genes, checked, as lazily as they are stored, and those genes' names.
+
+    The data may hold more genes than the model (e.g. all genes, when the model was trained on the highly variable
+    ones): the model's genes are selected by name. They must all be there, in the model's order.
+    """
+    positions = adata.var_names.get_indexer(model_genes)
+    if (positions < 0).any() or not np.all(np.diff(positions) > 0):
+        check_same_genes(model_genes, adata.var_names)
+    mask = np.zeros(adata.n_vars, dtype=bool)
+    mask[positions] = True
+    where = counts_location(layer)
+    if not mask.all():
+        where += f" (the model's {int(mask.sum())} genes)"
+    counts = select_genes(get_counts_matrix(adata, layer), mask)
+    check_counts(counts, where, counts_elsewhere=lambda: raw_counts_advice(adata))
+    return counts, adata.var_names[mask]

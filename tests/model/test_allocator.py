@@ -3,7 +3,7 @@ import platform
 
 import numpy as np
 
-from myvae.model._allocator import reuse_freed_memory
+from myvae.model._allocator import OPT_IN_VARIABLE, reuse_freed_memory
 
 ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 BLOCK = 2**20  # float64 values: an 8 MiB block, above glibc's default mmap threshold of 128 KiB
@@ -28,7 +28,14 @@ def _mmapped_bytes_of_an_8_mib_block() -> int:
     return grown
 
 
-def test_glibc_takes_the_training_thresholds_and_memory_still_works():
+def test_without_opting_in_the_allocator_is_left_alone(monkeypatch):
+    monkeypatch.delenv(OPT_IN_VARIABLE, raising=False)
+    with reuse_freed_memory() as applied:
+        assert applied is False
+
+
+def test_glibc_takes_the_training_thresholds_when_opted_in_and_memory_still_works(monkeypatch):
+    monkeypatch.setenv(OPT_IN_VARIABLE, "1")
     with reuse_freed_memory() as applied:
         assert applied == ON_GLIBC
         inside = _mmapped_bytes_of_an_8_mib_block() if ON_GLIBC else None

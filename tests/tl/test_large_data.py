@@ -75,6 +75,30 @@ def test_backed_data_with_batches(small_adata, on_disk):
     np.testing.assert_allclose(backed.obsm["X_myvae"], small_adata.obsm["X_myvae"], atol=1e-5)
 
 
+def test_backed_data_with_the_tools_batch_key_and_mask_var(small_adata, on_disk):
+    backed, path = on_disk
+    before = file_digest(path)
+    hvg = np.arange(small_adata.n_vars) % 3 == 0
+    for data in (backed, small_adata):
+        data.obs["sample"] = np.where(np.arange(80) % 2, "a", "b")
+        data.var["highly_variable"] = hvg
+    model = mv.tl.myvae(backed, batch_key="sample", return_model=True, **fast_train_kwargs())
+    mv.tl.myvae(small_adata, batch_key="sample", **fast_train_kwargs())
+    assert model.n_batch == 2 and model.adata.n_vars == hvg.sum()
+    assert type(model.adata.X).__module__.startswith("dask")  # the selected genes are read from disk in chunks
+    np.testing.assert_allclose(backed.obsm["X_myvae"], small_adata.obsm["X_myvae"], atol=1e-5)
+    assert backed.uns["myvae"]["params"]["mask_var"] == "highly_variable"
+
+    query = ad.read_h5ad(path, backed="r")
+    query.obs["sample"] = np.where(np.arange(80) % 2, "a", "new")
+    query.var["highly_variable"] = hvg
+    mv.tl.myvae(query, model=model)
+    np.testing.assert_allclose(query.obsm["X_myvae"], backed.obsm["X_myvae"], atol=1e-5)
+    assert query.uns["myvae"]["params"]["n_cells_unseen_batches"] == 40
+    query.file.close()
+    assert file_digest(path) == before
+
+
 def test_a_model_trained_on_disk_answers_for_increasing_indices_and_says_so_otherwise(on_disk):
     backed, _ = on_disk
     model = mv.tl.myvae(backed, return_model=True, **fast_train_kwargs())

@@ -99,6 +99,7 @@ def test_h5mu_round_trip_and_muon_workflow(cite, tmp_path):
     sc.tl.leiden(reread, flavor="igraph", n_iterations=2)
     assert reread.obsm["X_umap"].shape == (400, 2)
     assert np.isfinite(reread.obsm["X_umap"]).all()
+    reread.pull_obs(columns=["batch"], mods=["rna"])  # mudata >= 0.4 pulls modality columns only when asked
     mu.pl.embedding(reread, basis="X_umap", color=["leiden", "rna:batch"], show=False)
 
 
@@ -118,4 +119,40 @@ def test_failed_call_on_mudata_changes_nothing(cite):
     before = _snapshot(cite)
     with pytest.raises(mv.InputError, match=r"adata.X holds non-integer values"):
         mv.tl.myvae(cite, mod="rna", **fast_train_kwargs())
+    _assert_same(before, _snapshot(cite))
+
+
+@pytest.mark.parametrize("where", ["mdata.obs", "rna:prefixed", "modality"])
+def test_batch_key_may_be_a_column_of_the_modality_or_of_the_mudata(cite, where):
+    donors = np.where(np.arange(cite.n_obs) % 2, "d2", "d1")
+    if where == "mdata.obs":
+        key = "donor"
+        cite.obs["donor"] = donors  # muon's usual place: only in mdata.obs
+        assert "donor" not in cite["rna"].obs
+    elif where == "rna:prefixed":
+        key = "rna:donor"
+        cite["rna"].obs["donor"] = donors
+        cite.update()
+    else:
+        key = "donor"
+        cite["rna"].obs["donor"] = donors
+    model = mv.tl.myvae(cite, mod="rna", batch_key=key, return_model=True, **fast_train_kwargs(max_epochs=1))
+    assert model.batch_categories == ["d1", "d2"]
+    assert cite["rna"].uns["myvae"]["params"]["batch_key"] == key
+
+
+def test_a_batch_column_of_the_mudata_is_aligned_to_the_modalitys_cells(cite):
+    rna_cells = cite.obs_names[::-1][:300]  # another order, and fewer cells than the MuData
+    mdata = md.MuData({"rna": cite["rna"][rna_cells].copy(), "prot": cite["prot"].copy()})
+    mdata.obs["donor"] = np.where(mdata.obs_names.isin(rna_cells[:100]), "first", "rest")
+    model = mv.tl.myvae(mdata, mod="rna", batch_key="donor", return_model=True, **fast_train_kwargs(max_epochs=1))
+    codes = model.adata.obs["donor"].to_numpy()
+    np.testing.assert_array_equal(codes[:100], "first")
+    np.testing.assert_array_equal(codes[100:], "rest")
+
+
+def test_a_missing_batch_column_lists_both_places(cite):
+    before = _snapshot(cite)
+    with pytest.raises(mv.InputError, match=r"batch_key='nope' is not a column of mdata\['rna'\].obs or mdata.obs"):
+        mv.tl.myvae(cite, mod="rna", batch_key="nope", **fast_train_kwargs())
     _assert_same(before, _snapshot(cite))

@@ -13,7 +13,7 @@ import torch
 from scipy import sparse
 
 import myvae as mv
-from myvae.model._differential import expected_fdr, log_odds
+from myvae.model._differential import expected_fdr, log_odds, ranking
 
 matplotlib.use("Agg")
 
@@ -117,6 +117,33 @@ def test_posterior_quantities_mean_what_the_docs_say(ranked):
 def test_expected_fdr_of_each_list_by_hand():
     # sorted: 0.99, 0.9, 0.9 (ties enter together), 0.5 -> FDR 0.01, (0.01 + 0.1 + 0.1) / 3 twice, (0.21 + 0.5) / 4
     np.testing.assert_allclose(expected_fdr(np.array([0.9, 0.99, 0.5, 0.9])), [0.07, 0.01, 0.1775, 0.07])
+
+
+def test_scores_are_the_posterior_mean_lfc_in_decreasing_order(ranked):
+    for group in ranked.uns["rank_genes_groups"]["names"].dtype.names:
+        scores = _group(ranked, "scores", group)
+        np.testing.assert_array_equal(scores, _group(ranked, "logfoldchanges", group))
+        assert np.all(np.diff(scores) <= 0)
+
+
+def test_ranking_by_mean_lfc_ties_by_proba_de_by_hand():
+    table = pd.DataFrame({"lfc_mean": [0.5, 2.0, 0.5, -1.0], "proba_de": [0.6, 0.9, 0.8, 0.99]})
+    np.testing.assert_array_equal(ranking(table), [1, 2, 0, 3])
+
+
+def test_score_against_rest_is_the_share_weighted_mean_of_scores_against_each_group(pbmc, model):
+    """What the docs say of the ranking: a marker shared with a minority of the rest keeps most of its score."""
+    adata = pbmc.copy()
+
+    def scores(reference: str) -> pd.Series:
+        mv.tl.rank_genes_groups(adata, GROUPBY, groups=["NK"], reference=reference, model=model, n_samples=4000)
+        return sc.get.rank_genes_groups_df(adata, "NK").set_index("names")["scores"]
+
+    against_rest = scores("rest")
+    shares = adata.obs[GROUPBY][adata.obs[GROUPBY] != "NK"].value_counts(normalize=True)
+    weighted = sum(share * scores(other) for other, share in shares.items() if share > 0)
+    top = against_rest.index[:20]
+    np.testing.assert_allclose(against_rest[top], weighted[top], atol=0.2)
 
 
 def test_log_odds_are_bounded_by_the_number_of_draws():
@@ -346,3 +373,23 @@ def test_without_model_the_model_the_anndata_carries_is_used(pbmc, tmp_path):
     mv.tl.rank_genes_groups(adata, GROUPBY, groups=["B"], model=model, **FAST)
     for field in ("names", "scores", "logfoldchanges"):
         np.testing.assert_array_equal(_group(carried, field, "B"), _group(adata, field, "B"))
+
+
+def test_scanpy_habits_counts_in_a_layer_and_a_model_of_the_highly_variable_genes(pbmc):
+    adata = pbmc.copy()
+    del adata.uns["myvae_setup"]
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    adata.var["highly_variable"] = np.arange(adata.n_vars) % 2 == 0
+    mv.tl.myvae(adata, layer="counts", max_epochs=2, progress=False)
+    mv.tl.rank_genes_groups(adata, GROUPBY, **FAST)
+    ranked = adata.uns["rank_genes_groups"]
+    assert ranked["params"]["layer"] == "counts"
+    names = _group(adata, "names", "B")
+    modelled = adata.var["highly_variable"].to_numpy()
+    # every gene is listed, as scanpy's plots expect; those the model leaves out come last, without values
+    assert set(names) == set(adata.var_names) and set(names[: modelled.sum()]) == set(adata.var_names[modelled])
+    assert np.isnan(_group(adata, "logfoldchanges", "B")[modelled.sum() :]).all()
+    assert not _group(adata, "is_de_fdr", "B")[modelled.sum() :].any()
+    sc.pl.rank_genes_groups_dotplot(adata, n_genes=3, values_to_plot="logfoldchanges", show=False)

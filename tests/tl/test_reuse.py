@@ -1,6 +1,7 @@
+import anndata as ad
 import numpy as np
 import pytest
-from helpers import fast_train_kwargs
+from helpers import SMALL_DATA, fast_train_kwargs
 
 import myvae as mv
 
@@ -48,3 +49,108 @@ def test_reuse_refuses_what_it_cannot_use(small_adata, tmp_path):
         mv.tl.myvae(small_adata, model=tmp_path / "nothing-here")
     with pytest.raises(mv.InputError, match=r"Training arguments \(early_stopping\) do nothing"):
         mv.tl.myvae(small_adata, model=tmp_path, early_stopping=False)
+
+
+@pytest.fixture(scope="module")
+def batched_model() -> tuple[mv.MyVAE, ad.AnnData]:
+    """A model trained with batch_key='sample' (donor_a, donor_b) on 60 cells, and the AnnData that carries it."""
+    reference = ad.read_h5ad(SMALL_DATA)[:60].copy()
+    reference.obs["sample"] = np.where(np.arange(60) % 2, "donor_b", "donor_a")
+    model = mv.tl.myvae(reference, batch_key="sample", return_model=True, **fast_train_kwargs(max_epochs=3))
+    return model, reference
+
+
+@pytest.fixture
+def query(small_adata):
+    """20 new cells: half of the model's batch donor_a, half of a batch it never saw."""
+    cells = small_adata[60:].copy()
+    cells.obs["sample"] = np.where(np.arange(20) < 10, "donor_a", "donor_new")
+    return cells
+
+
+def _sources(batched_model, tmp_path):
+    model, carrier = batched_model
+    folder = tmp_path / "model"
+    model.save(folder, save_anndata=False)
+    return {"object": model, "folder": folder, "carrier": carrier}
+
+
+@pytest.mark.parametrize("source", ["object", "folder", "carrier"])
+def test_query_cells_of_seen_and_unseen_batches_are_embedded(batched_model, query, tmp_path, source):
+    model = _sources(batched_model, tmp_path)[source]
+    mv.tl.myvae(query, model=model)
+    # the encoder does not read the batch: an unseen batch's cells land where they would as any batch's cells
+    relabelled = query.copy()
+    relabelled.obs["sample"] = "donor_b"
+    mv.tl.myvae(relabelled, model=model)
+    np.testing.assert_array_equal(query.obsm["X_myvae"], relabelled.obsm["X_myvae"])
+    params = query.uns["myvae"]["params"]
+    assert params["batch_key"] == "sample" and list(params["batches"]) == ["donor_a", "donor_b"]
+    assert list(params["unseen_batches"]) == ["donor_new"] and params["n_cells_unseen_batches"] == 10
+    assert relabelled.uns["myvae"]["params"]["n_cells_unseen_batches"] == 0
+
+
+def test_query_batches_may_sit_in_another_column(batched_model, query, unchanged):
+    model, _ = batched_model
+    query.obs = query.obs.rename(columns={"sample": "donor"})
+    with unchanged(query), pytest.raises(mv.InputError, match=r"trained with batches from obs\['sample'\].*batch_key="):
+        mv.tl.myvae(query, model=model)
+    mv.tl.myvae(query, model=model, batch_key="donor")
+    assert query.uns["myvae"]["params"]["batch_key"] == "donor"
+
+
+def test_transform_batch_is_checked_against_the_models_batches(batched_model, query, unchanged):
+    model, _ = batched_model
+    # donor_b is the model's, although no query cell comes from it
+    mv.tl.myvae(query, model=model, layer_added="as_b", transform_batch="donor_b")
+    np.testing.assert_allclose(query.layers["as_b"].sum(axis=1), 1e4, rtol=1e-4)
+    with unchanged(query), pytest.raises(mv.InputError, match=r"'donor_new' is not a batch of the model"):
+        mv.tl.myvae(query, model=model, layer_added="x", transform_batch="donor_new")
+
+
+def test_layer_added_for_unseen_batches_needs_transform_batch(batched_model, query, unchanged):
+    model, _ = batched_model
+    with unchanged(query), pytest.raises(mv.InputError, match=r"10 cells come from batches the model never saw"):
+        mv.tl.myvae(query, model=model, layer_added="denoised")
+    mv.tl.myvae(query, model=model, layer_added="denoised", transform_batch="donor_a")
+    assert np.isfinite(query.layers["denoised"]).all()
+
+
+def test_a_list_of_transform_batches_averages_over_them(batched_model, query, tmp_path):
+    import torch
+
+    model, _ = batched_model
+    cells = query[:10].copy()  # donor_a only
+    torch.manual_seed(0)
+    averaged = model.get_normalized_expression(cells, transform_batch=["donor_a", "donor_b"], return_numpy=True)
+    torch.manual_seed(0)
+    as_a = model.get_normalized_expression(cells, transform_batch="donor_a", return_numpy=True)
+    as_b = model.get_normalized_expression(cells, transform_batch="donor_b", return_numpy=True)
+    np.testing.assert_allclose(averaged, (as_a + as_b) / 2, rtol=1e-5)
+    assert not np.allclose(as_a, as_b, rtol=1e-3)
+
+    mv.tl.myvae(query, model=model, layer_added="mixed", transform_batch=["donor_a", "donor_b"])
+    np.testing.assert_allclose(query.layers["mixed"].sum(axis=1), 1e4, rtol=1e-4)
+    query.write_h5ad(tmp_path / "query.h5ad")
+
+
+def test_a_model_without_batches_takes_no_batch_key(trained, small_adata, unchanged):
+    cells = small_adata[60:].copy()
+    cells.obs["sample"] = "x"
+    with unchanged(cells), pytest.raises(mv.InputError, match="trained without batches"):
+        mv.tl.myvae(cells, model=trained, batch_key="sample")
+
+
+def test_reuse_respects_mask_var(small_adata, unchanged):
+    small_adata.var["highly_variable"] = np.arange(small_adata.n_vars) < 100
+    model = mv.tl.myvae(small_adata[:60].copy(), return_model=True, **fast_train_kwargs(max_epochs=2))
+    assert model.adata.n_vars == 100
+    query = small_adata[60:].copy()
+    mv.tl.myvae(query, model=model, layer_added="denoised")
+    assert query.uns["myvae"]["params"]["mask_var"] == "highly_variable"
+    assert np.isnan(query.layers["denoised"][:, 100:]).all()
+    del query.var["highly_variable"]
+    with unchanged(query), pytest.raises(mv.InputError, match=r"missing 0 \(\), extra 130"):
+        mv.tl.myvae(query, model=model)
+    mv.tl.myvae(query, model=model, mask_var=np.arange(query.n_vars) < 100, key_added="masked")
+    assert query.obsm["X_masked"].shape == (20, 10)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from importlib.resources import as_file, files
 
 import anndata as ad
 import mudata as md
+
+from myvae._data import modality_columns_stay
 
 __all__ = ["pbmc3k", "pbmc_cite"]
 
@@ -62,7 +63,5 @@ def pbmc_cite() -> md.MuData:
     >>> mdata["rna"].shape, mdata["prot"].shape
     ((400, 15792), (400, 14))
     """
-    with _bundled_path("cite_pbmc_5k10k_400.h5mu") as path, warnings.catch_warnings():
-        # mudata announces a future change of MuData.update(), which reading calls; nothing for the user to do
-        warnings.filterwarnings("ignore", message=r"From 0.4 .update\(\) will not pull", category=FutureWarning)
+    with _bundled_path("cite_pbmc_5k10k_400.h5mu") as path, modality_columns_stay():
         return md.read_h5mu(path)

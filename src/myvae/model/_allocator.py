@@ -1,17 +1,24 @@
-"""Keep glibc's allocator from handing freed tensor memory back to the system between training steps.
+"""Optionally keep glibc's allocator from handing freed tensor memory back to the system between training steps.
 
 Every training step allocates and frees the same few cells × genes tensors (a few MiB each). By default glibc
 serves blocks that large with ``mmap`` and unmaps them when they are freed, or trims the top of its heap, so each
-step faults the same memory in again, page by page (what that costs is measured on the performance page, from
-``benchmarks/profile_step.py``). While training, :func:`reuse_freed_memory` raises glibc's ``mmap`` and trim
-thresholds so freed blocks are reused; afterwards it puts glibc's default thresholds back and returns the free
-memory to the system (``malloc_trim``). Elsewhere (macOS, Windows, musl) it does nothing.
+step can fault the same memory in again, page by page. With ``MYVAE_REUSE_FREED_MEMORY=1`` in the environment,
+:func:`reuse_freed_memory` raises glibc's ``mmap`` and trim thresholds (``mallopt``) while training, so freed blocks
+are reused, and afterwards sets them back to glibc's initial values and returns the free memory to the system
+(``malloc_trim``).
+
+It is opt-in because ``mallopt`` cannot be undone exactly: glibc has no call that reads the thresholds, and setting
+any of them switches off glibc's dynamic ``mmap`` threshold for the rest of the process (by default glibc raises
+the threshold to the size of each large block freed). Without the variable the allocator is left alone. The same
+tuning for a whole process, without myvae: ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432`` (or
+``MALLOC_MMAP_THRESHOLD_``). Elsewhere than glibc (macOS, Windows, musl) nothing happens.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +26,7 @@ from functools import cache
 
 __all__ = ["reuse_freed_memory"]
 
+OPT_IN_VARIABLE = "MYVAE_REUSE_FREED_MEMORY"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _GLIBC_DEFAULT_THRESHOLD = 128 * 1024
@@ -38,8 +46,11 @@ def _glibc() -> ctypes.CDLL | None:
 
 @contextmanager
 def reuse_freed_memory() -> Iterator[bool]:
-    """Within the block, glibc keeps freed memory for reuse; yields whether glibc took the setting."""
-    libc = _glibc()
+    """Within the block, glibc keeps freed memory for reuse, if ``MYVAE_REUSE_FREED_MEMORY=1``.
+
+    Yields whether glibc took the setting (``False`` without the variable, or without glibc).
+    """
+    libc = _glibc() if os.environ.get(OPT_IN_VARIABLE) == "1" else None
     if libc is None:
         yield False
         return

@@ -96,7 +96,8 @@ def batch_codes(batch_index: np.ndarray | None) -> torch.Tensor | None:
     """Batch codes of the cells as a cells × 1 tensor of integers (``None`` without batches)."""
     if batch_index is None:
         return None
-    return torch.as_tensor(np.asarray(batch_index).reshape(-1, 1), dtype=torch.long)
+    # a copy: pandas >= 3 hands out read-only arrays, which torch will not wrap without a warning
+    return torch.from_numpy(np.array(batch_index, dtype=np.int64).reshape(-1, 1))
 
 
 def seeded_generator(seed: int | None) -> torch.Generator:

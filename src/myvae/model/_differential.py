@@ -9,6 +9,8 @@ by drawing random cells of the group, a latent code :math:`z \sim q(z \mid x)` f
   ``proba_de``;
 - ``"vanilla"`` mode: the probability that :math:`\rho_A > \rho_B`.
 
+Genes are ranked by the posterior mean LFC (:func:`ranking`); the probabilities call them (:func:`expected_fdr`).
+
 Only the sampled cells are read and encoded (a chunk of rows at a time when the counts are on disk), and the
 latent codes are decoded in minibatches; every random draw comes from generators local to the call.
 """
@@ -33,6 +35,7 @@ __all__ = [
     "expected_fdr",
     "log_odds",
     "pseudocount_for",
+    "ranking",
 ]
 
 Mode = Literal["change", "vanilla"]
@@ -86,6 +89,16 @@ def expected_fdr(proba_de: np.ndarray) -> np.ndarray:
     result = np.empty_like(proba_de)
     result[order] = cumulative[last_of_tie]
     return result
+
+
+def ranking(table: pd.DataFrame) -> np.ndarray:
+    """Positions of the genes of a table by decreasing posterior mean LFC (``lfc_mean``), ties by ``proba_de``.
+
+    The mean LFC is an effect size: against a reference made of several cell types it is the average of the fold
+    changes against each, weighted by their shares, so a marker shared with a minority of the reference loses only
+    that share, where a probability of change would put it below every gene up against all of them.
+    """
+    return np.lexsort((-table["proba_de"].to_numpy(), -table["lfc_mean"].to_numpy()))
 
 
 def _encode(
@@ -148,10 +161,8 @@ def _change_statistics(rho_a: np.ndarray, rho_b: np.ndarray, delta: float, pseud
     lfc = np.log2(rho_a + pseudocount)
     lfc -= np.log2(rho_b + pseudocount)
     n_draws = lfc.shape[0]
-    proba_up = np.mean(lfc > delta, axis=0)
-    proba_de = proba_up + np.mean(lfc < -delta, axis=0)
+    proba_de = np.mean(lfc > delta, axis=0) + np.mean(lfc < -delta, axis=0)
     return {
-        "score": log_odds(proba_up, n_draws),
         "proba_de": proba_de,
         "bayes_factor": log_odds(proba_de, n_draws),
         **_lfc_summary(lfc),
@@ -162,13 +173,11 @@ def _vanilla_statistics(rho_a: np.ndarray, rho_b: np.ndarray, pseudocount: float
     n_draws = rho_a.shape[0]
     proba_greater = np.mean(rho_a > rho_b, axis=0)
     proba_less = np.mean(rho_a < rho_b, axis=0)
-    bayes_factor = log_odds(proba_greater, n_draws)
     lfc = np.log2(rho_a + pseudocount)
     lfc -= np.log2(rho_b + pseudocount)
     return {
-        "score": bayes_factor,
         "proba_de": np.maximum(proba_greater, proba_less),
-        "bayes_factor": bayes_factor,
+        "bayes_factor": log_odds(proba_greater, n_draws),
         **_lfc_summary(lfc),
     }
 
@@ -225,10 +234,9 @@ def differential_expression(
 
     Returns
     -------
-    For each comparison, a table indexed by gene with ``score`` (the ranking: in ``"change"`` mode the log odds
-    of :math:`\mathrm{LFC} > \delta`, in ``"vanilla"`` mode of :math:`\rho_A > \rho_B`), ``proba_de``,
-    ``bayes_factor`` (log odds of ``proba_de`` in ``"change"`` mode), ``lfc_mean``, ``lfc_median``, ``lfc_std``,
-    ``expected_fdr`` (see :func:`expected_fdr`) and ``is_de_fdr``.
+    For each comparison, a table indexed by gene with ``proba_de``, ``bayes_factor`` (log odds of ``proba_de`` in
+    ``"change"`` mode, of :math:`\rho_A > \rho_B` in ``"vanilla"`` mode), ``lfc_mean``, ``lfc_median``,
+    ``lfc_std``, ``expected_fdr`` (see :func:`expected_fdr`) and ``is_de_fdr``; :func:`ranking` orders it.
     """
     device = next(networks.parameters()).device
     pseudocount = pseudocount_for(len(genes))

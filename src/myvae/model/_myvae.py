@@ -8,8 +8,11 @@ live in their own modules; this one holds set-up and training.
 
 from __future__ import annotations
 
+import inspect
+from functools import cache
 from typing import Literal
 
+import lightning.pytorch as pl
 import scvi
 from anndata import AnnData
 from lightning.pytorch.callbacks import Callback
@@ -17,8 +20,9 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, VAEMixin
-from scvi.train import TrainRunner
+from scvi.train import Trainer, TrainRunner
 
+from myvae._checks import check_keywords
 from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
@@ -43,9 +47,36 @@ from ._quiet import quiet_training_logs
 from ._save_load import SaveLoadMixin
 from ._streaming import StreamingCountsDataModule
 
-__all__ = ["MyVAE"]
+__all__ = ["MyVAE", "train_keywords", "trainer_keywords"]
 
 Backend = Literal["torch", "pyro"]
+
+_SET_BY_TRAIN = frozenset(
+    {"max_epochs", "accelerator", "devices", "early_stopping", "early_stopping_patience", "enable_progress_bar"}
+    | {"callbacks", "model", "training_plan", "data_splitter", "trainer_config"}
+)
+"""Keywords of the trainer that :meth:`MyVAE.train` sets from its own arguments."""
+
+
+@cache
+def trainer_keywords() -> frozenset[str]:
+    """The keywords :meth:`MyVAE.train` passes on to the trainer: Lightning's and scvi-tools' ``Trainer``'s.
+
+    Those that ``train`` sets from its own arguments (``max_epochs``, ``enable_progress_bar``, …) are left out.
+    """
+    names = set()
+    for trainer in (pl.Trainer, Trainer):
+        parameters = inspect.signature(trainer.__init__).parameters.values()
+        names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return frozenset(names - _SET_BY_TRAIN - {"self"})
+
+
+@cache
+def train_keywords() -> frozenset[str]:
+    """Every keyword :meth:`MyVAE.train` takes: its own and those it passes on to the trainer."""
+    parameters = inspect.signature(MyVAE.train).parameters.values()
+    own = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    return frozenset(own) | trainer_keywords()
 
 
 class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
@@ -181,8 +212,10 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             :class:`~scvi.train.TrainingPlan`, for a PyTorch module; :class:`~myvae.model.ValidatedPyroTrainingPlan`,
             a :class:`~scvi.train.PyroTrainingPlan`, for a Pyro module).
         **trainer_kwargs
-            Passed to :class:`~scvi.train.Trainer` (Lightning).
+            Passed to :class:`~scvi.train.Trainer` (Lightning); an unknown keyword is an
+            :class:`~myvae.InputError` naming the valid ones.
         """
+        check_keywords(trainer_kwargs, train_keywords(), "MyVAE.train")
         recipe = training_recipe(self.module)
         if not recipe.several_devices and several_processes(devices, trainer_kwargs.get("strategy")):
             raise InputError(

@@ -15,10 +15,13 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
+from myvae._batches import batch_code
 from myvae._checks import check_same_genes
-from myvae._counts import batch_code, is_out_of_core
+from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
+from myvae._exceptions import InputError
 
+from ._datamodule import batch_codes
 from ._streaming import streamed_rows
 
 __all__ = ["PosteriorMixin"]
@@ -58,10 +61,7 @@ class PosteriorMixin:
             return super()._make_data_loader(
                 adata, indices, batch_size, shuffle, data_loader_class, **data_loader_kwargs
             )
-        batch_index = None
-        if self.n_batch > 1:
-            codes = np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).reshape(-1, 1)
-            batch_index = torch.as_tensor(codes, dtype=torch.long)
+        batch_index = batch_codes(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)) if self.n_batch > 1 else None
         return streamed_rows(counts, indices, batch_size or scvi.settings.batch_size, batch_index=batch_index)
 
     def _per_cell(
@@ -90,7 +90,7 @@ class PosteriorMixin:
         *,
         library_size: float = 1e4,
         n_samples: int = 25,
-        transform_batch: str | None = None,
+        transform_batch: str | Sequence[str] | None = None,
         batch_size: int | None = None,
         return_numpy: bool = False,
     ) -> pd.DataFrame | np.ndarray:
@@ -105,7 +105,8 @@ class PosteriorMixin:
             Draws of :math:`z \sim q(z \mid x)` averaged per cell.
         transform_batch
             A batch (one of :attr:`batch_categories`): express every cell as if it came from that batch, which
-            removes the batch effect from the expression. ``None`` decodes each cell with its own batch.
+            removes the batch effect from the expression; a list of batches averages the expression over them, as
+            scvi-tools does. ``None`` decodes each cell with its own batch.
         {batch_size}
         return_numpy
             Return an array instead of a :class:`~pandas.DataFrame` indexed by cells and genes.
@@ -114,13 +115,22 @@ class PosteriorMixin:
         -------
         Cells × genes, ``float32``, every row summing to ``library_size``.
         """
-        code = batch_code(transform_batch, self.batch_categories, "the model")
-        expression = library_size * self._per_cell(
-            lambda tensors: self.module.normalized_expression(tensors, n_samples=n_samples, transform_batch=code),
-            adata,
-            indices,
-            batch_size,
-        )
+        batches = [transform_batch] if transform_batch is None or isinstance(transform_batch, str) else transform_batch
+        codes = [batch_code(batch, self.batch_categories, "the model") for batch in batches]
+        if not codes:
+            raise InputError("transform_batch= got an empty list; name at least one batch, or pass None.")
+        per_batch = [
+            self._per_cell(
+                lambda tensors, code=code: self.module.normalized_expression(
+                    tensors, n_samples=n_samples, transform_batch=code
+                ),
+                adata,
+                indices,
+                batch_size,
+            )
+            for code in codes
+        ]
+        expression = library_size * np.mean(per_batch, axis=0, dtype=np.float32)
         if return_numpy:
             return expression
         cells = self._validate_anndata(adata).obs_names

@@ -1,11 +1,11 @@
 """The trained model as a record of plain arrays and scalars, carried by an AnnData in ``uns``.
 
-:func:`myvae.tl.myvae` stores :func:`model_to_record`'s record in ``adata.uns[key_added]["model"]``, where it survives
-``write_h5ad``/``read_h5ad`` and, in a MuData's modality, ``.h5mu`` files: the weights as ``float32`` arrays, the
-constructor arguments, the genes, the setup (layer, batch column, batches), the backend's name, the format and a
-SHA-256 checksum. :func:`model_from_record` builds the model back. Like :meth:`myvae.MyVAE.load` it runs no code from
-the record: nothing in it is unpickled or evaluated, and every entry — keys, types, dtypes, the backend, the weights'
-shapes against the constructor arguments, the checksum — is checked before a model is built.
+:func:`myvae.tl.myvae` stores :func:`~myvae.model.model_to_record`'s record in ``adata.uns[key_added]["model"]``, where
+it survives ``write_h5ad``/``read_h5ad`` and, in a MuData's modality, ``.h5mu`` files: the weights as ``float32``
+arrays, the constructor arguments, the genes, the setup (layer, batch column, batches), the backend's name, the format
+and a SHA-256 checksum. :func:`model_from_record` builds the model back. Like :meth:`myvae.MyVAE.load` it runs no code
+from the record: nothing in it is unpickled or evaluated, and every entry — keys, types, dtypes, the backend, the
+weights' shapes against the constructor arguments, the checksum — is checked before a model is built.
 
 The checksum detects a record changed after it was written (a damaged file, an edited weight). It is not a
 signature: whoever can edit the record can also recompute it, so trust a record as far as the file it came in.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from anndata import AnnData
 from mudata import MuData
 
+from myvae import _logging as logg
 from myvae._checks import check_same_genes
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
@@ -37,11 +37,9 @@ from myvae._setup import SETUP_KEY, check_setup, read_setup, training_anndata
 from ._backends import BACKENDS
 from ._myvae import MyVAE
 from ._quiet import quiet_training_logs
-from ._save_load import model_payload, restore_model
+from ._save_load import model_payload, placeholder_anndata, read_model_file, restore_model
 
-__all__ = ["RECORD_FORMAT", "model_carried_by", "model_from_anndata", "model_from_record", "model_to_record"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["RECORD_FORMAT", "model_for_query", "model_from_anndata", "model_from_record", "model_to_record"]
 
 RECORD_FORMAT = "myvae-record/1"
 """Written into every record; a record of another format is refused."""
@@ -89,7 +87,7 @@ def model_to_record(model: MyVAE) -> dict[str, Any]:
 def model_from_record(
     record: Mapping[str, Any], adata: AnnData | None = None, *, accelerator: str = "auto", device: int | str = "auto"
 ) -> MyVAE:
-    """Build the model a record (:func:`model_to_record`) describes, after checking every entry of it.
+    """Build the model a record (:func:`~myvae.model.model_to_record`) describes, after checking every entry of it.
 
     Nothing in the record is run: it holds only arrays and scalars, and its keys, types, ``float32`` weights, their
     shapes against the constructor arguments, the backend and the checksum are all checked before the model is built.
@@ -139,23 +137,26 @@ def model_from_anndata(
     """
     payload = _checked(_carried_record(adata, key, "MyVAE.from_anndata"))
     if not pd.Index(payload["var_names"]).equals(adata.var_names):
-        logger.info("adata's genes are not the model's; the model is attached to a placeholder with the model's genes.")
+        logg.info("adata's genes are not the model's; the model is attached to a placeholder with the model's genes.")
         adata = None
     return _attach(payload, adata, accelerator=accelerator, device=device)
 
 
-def model_carried_by(carrier: Any, training_data: AnnData, *, accelerator: str) -> MyVAE:
-    """For ``tl.myvae(new_cells, model=carrier)``: the model ``carrier`` holds, around the prepared cells.
+def model_for_query(model: Any, *, accelerator: str) -> MyVAE:
+    """For ``tl.myvae(new_cells, model=...)``: the trained model a folder or a carrying AnnData holds.
 
-    ``training_data`` is the bare AnnData :func:`myvae.tl.myvae` built around the new cells' checked counts.
+    The model is attached to a placeholder with its genes; :func:`myvae.tl.myvae` then embeds the new cells with it.
     The carrier's single ``uns[key]["model"]`` is used; with several, an :class:`~myvae.InputError` asks for
     ``model=mv.MyVAE.from_anndata(carrier, key=...)``.
     """
-    payload = _checked(_carried_record(carrier, _carrying_key(carrier), "tl.myvae(model=...)"))
+    if isinstance(model, AnnData | MuData):
+        payload = _checked(_carried_record(model, _carrying_key(model), "tl.myvae(model=...)"))
+    else:
+        payload = read_model_file(model)
+        _check_registered(payload["init_params"]["backend"])
     if not payload["is_trained"]:
-        raise InputError("model= got an AnnData whose model is untrained; train it first, or leave model= out.")
-    check_same_genes(payload["var_names"], training_data.var_names)
-    return _build(payload, training_data, accelerator=accelerator, device="auto")
+        raise InputError("model= holds a model, but the model is untrained; train it first, or leave model= out.")
+    return _attach(payload, None, accelerator=accelerator, device="auto")
 
 
 def model_source(model: Any) -> str:
@@ -206,14 +207,7 @@ def _attach(payload: dict[str, Any], adata: AnnData | None, *, accelerator: str,
     """Build the checked model around a new AnnData of ``adata``'s counts, or around a placeholder."""
     setup = payload["setup"]
     if adata is None:
-        obs = pd.DataFrame(index=pd.Index(["placeholder"]))
-        if setup["batch_key"] is not None:
-            obs[setup["batch_key"]] = setup["batch_categories"][:1]
-        data = AnnData(
-            X=np.zeros((1, len(payload["var_names"])), dtype=np.float32),
-            obs=obs,
-            var=pd.DataFrame(index=pd.Index(payload["var_names"])),
-        )
+        data = placeholder_anndata(payload["var_names"], setup["batch_key"], setup["batch_categories"])
         with warnings.catch_warnings():  # scvi-tools' warning that one cell is too few to train on
             warnings.filterwarnings("ignore", message=r"Category .* has fewer than 3 cells")
             return _build(payload, data, accelerator=accelerator, device=device)
@@ -248,12 +242,7 @@ def _checked(record: Any) -> dict[str, Any]:
     An :class:`~myvae.InputError` names the first problem otherwise.
     """
     payload = _read(record)
-    backend = payload["init_params"]["backend"]
-    if backend not in BACKENDS:
-        raise InputError(
-            f"The model record names backend {backend!r}, which is not registered in this session (backends: "
-            f"{', '.join(map(repr, BACKENDS))}); register it with myvae.model.register_backend before loading."
-        )
+    _check_registered(payload["init_params"]["backend"])
     _check_shapes(payload)
     if record["checksum"] != _checksum(payload):
         raise InputError(
@@ -261,6 +250,14 @@ def _checked(record: Any) -> dict[str, Any]:
             f"written, or damaged. {_REMAKE}."
         )
     return payload
+
+
+def _check_registered(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise InputError(
+            f"The model names backend {backend!r}, which is not registered in this session (backends: "
+            f"{', '.join(map(repr, BACKENDS))}); register it with myvae.model.register_backend before loading."
+        )
 
 
 def _malformed(problem: str) -> InputError:

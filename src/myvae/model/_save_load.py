@@ -21,8 +21,8 @@ import torch
 from anndata import AnnData, read_h5ad
 from scvi.model._utils import parse_device_args
 
+from myvae._batches import batch_labels
 from myvae._checks import check_same_genes
-from myvae._counts import batch_labels
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
 
@@ -37,6 +37,7 @@ __all__ = [
     "adata_path",
     "model_path",
     "model_payload",
+    "placeholder_anndata",
     "prepare_directory",
     "read_model_file",
     "restore_model",
@@ -127,6 +128,16 @@ def model_payload(model: MyVAE) -> dict[str, Any]:
         "train_indices": _as_int_list(getattr(model, "train_indices_", None)),
         "validation_indices": _as_int_list(getattr(model, "validation_indices_", None)),
     }
+
+
+def placeholder_anndata(var_names: Sequence[str], batch_key: str | None, batch_categories: Sequence[str]) -> AnnData:
+    """One empty cell with the model's genes (and its first batch), to build a model around when no cells are given."""
+    obs = pd.DataFrame(index=pd.Index(["placeholder"]))
+    if batch_key is not None:
+        obs[batch_key] = list(batch_categories)[:1]
+    return AnnData(
+        X=np.zeros((1, len(var_names)), dtype=np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(var_names))
+    )
 
 
 def restore_model(

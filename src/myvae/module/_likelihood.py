@@ -40,7 +40,7 @@ def negative_binomial_log_prob(x: torch.Tensor, log_mu: torch.Tensor, log_theta:
     Written this way, the terms cancel in floating point once :math:`\theta` is large against the count and the
     mean (near-Poisson genes), and in single precision the result and its gradient in :math:`\log\theta` become
     noise. This function evaluates the same quantity as a sum of terms that are each no larger than the result
-    (see :func:`_log_prob_at_counts`), so in float32 it stays within about :math:`10^{-4}` of the exact value
+    (see ``_log_prob_at_counts``), so in float32 it stays within about :math:`10^{-4}` of the exact value
     (relative to :math:`\max(1, |\log p|)`) for any :math:`\theta`, and so does its gradient. At :math:`x = 0`
     the log-probability is :math:`-\theta\,\mathrm{softplus}(\log\mu - \log\theta)`; the count-dependent terms are
     evaluated on the non-zero counts only, and the gradient is written out analytically.
@@ -103,7 +103,7 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
     a zero count is :math:`-\theta\,\mathrm{softplus}(u)`, its derivative in :math:`\log\mu` is :math:`-\theta p`
     and in :math:`\log\theta` it is :math:`\theta\,(p - \mathrm{softplus}(u))`
     (see :func:`_zero_count_gap`). At the non-zero counts all three come from
-    :func:`_log_prob_at_counts`.
+    ``_log_prob_at_counts``.
     """
 
     @staticmethod
@@ -159,7 +159,7 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
 
     With :math:`u = \log\mu - \log\theta` and :math:`p = \sigma(u)` as in :class:`_NegativeBinomialLogProb`,
     a cell's log-probability is :math:`-\sum_g \theta_g \,\mathrm{softplus}(u_g)` over its zero counts (a
-    matrix-vector product, with the non-zero counts' entries set to zero) plus :func:`_log_prob_at_counts` over its
+    matrix-vector product, with the non-zero counts' entries set to zero) plus ``_log_prob_at_counts`` over its
     non-zero counts. The derivative in :math:`\log\mu_g` is :math:`a_g - \theta_g p_g` with
     :math:`a_g = x_g \theta_g / (\theta_g + \mu_g)` (zero at zero counts), so with :math:`\rho = \mathrm{softmax}(f)`,
     :math:`\mu_g = l \rho_g` and :math:`\theta_g p_g = \mu_g (1 - p_g)` the gradient in the logits is

@@ -25,7 +25,7 @@ def setup_counts(
 
     The checks run before anything is written: the counts must be finite, non-negative integers (stored as an
     integer or a float dtype, dense or sparse) and every cell must have at least one count. The choices are
-    recorded in ``adata.uns["myvae_setup"]``, so they survive :func:`anndata.AnnData.write_h5ad` and a new
+    recorded in ``adata.uns["myvae_setup"]``, so they survive :meth:`anndata.AnnData.write_h5ad` and a new
     Python session. Counts on disk — an AnnData opened with ``backed="r"``, or a zarr or dask array — are checked a
     chunk of cells at a time, without loading the matrix.
 

@@ -17,18 +17,17 @@ from myvae._checks import (
     check_obs_key,
     check_positive_float,
     check_positive_int,
-    check_same_genes,
 )
-from myvae._counts import RowChunks, check_counts, counts_location, get_counts_matrix, is_out_of_core
 from myvae._data import copy_data, resolve_data
 from myvae._exceptions import InputError
-from myvae._setup import read_setup
+from myvae._setup import model_counts, trained_layer
 from myvae.model import MyVAE
 from myvae.model._differential import (
     DEFAULT_N_SAMPLES,
     Comparison,
     differential_expression,
     pseudocount_for,
+    ranking,
 )
 
 __all__ = ["rank_genes_groups"]
@@ -54,7 +53,7 @@ _FIELDS = {
     "is_de_fdr": "bool",
 }
 _COLUMNS = {
-    "scores": "score",
+    "scores": "lfc_mean",
     "logfoldchanges": "lfc_mean",
     "pvals_adj": "expected_fdr",
     "proba_de": "proba_de",
@@ -171,18 +170,6 @@ def _batch_codes(adata: AnnData, model: MyVAE, batch_correction: bool) -> np.nda
     return pd.Categorical(labels, categories=model.batch_categories).codes.astype(np.int64)
 
 
-def _counts(adata: AnnData) -> tuple[Any, str | None]:
-    """The counts the model reads, checked (only the first chunk of rows for counts on disk)."""
-    layer = read_setup(adata)["layer"]
-    counts = get_counts_matrix(adata, layer)
-    if is_out_of_core(counts):
-        rows = RowChunks(counts)
-        check_counts(rows.read(*rows.bounds(0), dtype=None), counts_location(layer))
-    else:
-        check_counts(counts, counts_location(layer))
-    return counts, layer
-
-
 def _records(tables: dict[str, pd.DataFrame], field: str, orders: dict[str, np.ndarray]) -> np.recarray:
     """One field as scanpy stores it: a record array with one column per group, each in its group's rank order."""
     columns = {}
@@ -195,6 +182,16 @@ def _records(tables: dict[str, pd.DataFrame], field: str, orders: dict[str, np.n
             values = table[_COLUMNS[field]].to_numpy()
         columns[group] = values[orders[group]]
     return pd.DataFrame(columns).to_records(index=False, column_dtypes=_FIELDS[field])
+
+
+def _with_every_gene(table: pd.DataFrame, var_names: pd.Index) -> pd.DataFrame:
+    """The table with the genes the model leaves out appended, without values: ranked last, never called DE.
+
+    scanpy's ranking plots (e.g. ``values_to_plot=`` of the dot plot) expect every gene of the AnnData.
+    """
+    extended = table.reindex(table.index.append(var_names.difference(table.index, sort=False)))
+    extended["is_de_fdr"] = extended["is_de_fdr"].astype("boolean").fillna(False).astype(bool)
+    return extended
 
 
 def rank_genes_groups(
@@ -212,6 +209,7 @@ def rank_genes_groups(
     model: MyVAE | None = None,
     random_state: int = 0,
     mod: str | None = None,
+    layer: str | None = None,
     copy: bool = False,
 ) -> AnnData | MuData | None:
     r"""Rank genes for characterising groups by Bayesian differential expression from the model's posterior.
@@ -233,8 +231,8 @@ def rank_genes_groups(
     Parameters
     ----------
     data
-        Annotated data with the model's genes, in memory or backed (only the sampled cells are read, a chunk of
-        rows at a time), or a MuData with ``mod`` naming the RNA modality.
+        Annotated data with (at least) the model's genes, in memory or backed (only the sampled cells are read, a
+        chunk of rows at a time), or a MuData with ``mod`` naming the RNA modality.
     groupby
         Column of ``obs`` with the groups (clusters, cell types); strings, integers or categories.
     groups
@@ -266,21 +264,28 @@ def rank_genes_groups(
         it was.
     mod
         For a MuData: the modality holding the RNA counts; the results go into that modality's ``uns``.
+    layer
+        Layer holding the raw counts; ``None`` uses the layer :func:`myvae.tl.myvae` trained on (recorded in
+        ``uns["myvae"]["params"]``), else the one recorded by :func:`myvae.pp.setup_counts`, else ``X``. The data may
+        hold more genes than the model (e.g. all genes of a model trained on the highly variable ones): the model's
+        genes are ranked.
     copy
         Return a copy instead of writing to ``data``.
 
     Returns
     -------
     ``None``, or with ``copy=True`` the new AnnData (MuData). Sets ``adata.uns[key_added]``, with, as in scanpy,
-    record arrays with one field per group, each sorted by decreasing score (ties by decreasing log fold change):
+    record arrays with one field per group, each sorted by decreasing score (ties by decreasing ``proba_de``):
 
     ``names``
         Gene names.
     ``scores``
-        ``"change"``: the log Bayes factor (log odds) of up-regulation, :math:`\log P(\mathrm{LFC} > \delta) -
-        \log(1 - P(\mathrm{LFC} > \delta))`, so that genes up in the group come first and genes down in it last;
-        ``"vanilla"``: the log odds of :math:`\rho_A > \rho_B`. Estimated from ``n_samples`` draws with half a
-        draw added on each side, so it is bounded by :math:`\pm\log(2\,n\_samples + 1)`.
+        The ranking statistic, in both modes: the posterior mean of the log2 fold change (the same values as
+        ``logfoldchanges``), an effect size. Genes up in the group come first and genes down in it last, as in
+        scanpy. Against ``"rest"`` it is the average of the group's fold changes against each other group,
+        weighted by their shares of the cells, so a marker that a minority of the other cells also express keeps
+        most of its score (see the documentation's *Differential expression* page for why the ranking is not by a
+        probability).
     ``logfoldchanges``
         Posterior mean of the log2 fold change of normalised expression.
     ``pvals``
@@ -325,15 +330,15 @@ def rank_genes_groups(
     selected = _selected_groups(labels, groupby, groups, reference)
     comparisons = _comparisons(labels, groupby, selected, reference)
     trained = _trained_model(adata, model)
-    check_same_genes(trained.adata.var_names, adata.var_names)
+    layer = trained_layer(adata) if layer is None else layer
+    counts, genes = model_counts(adata, trained.adata.var_names, layer)
     batch_codes = _batch_codes(adata, trained, batch_correction)
-    counts, layer = _counts(adata)
 
     tables = differential_expression(
         trained.module.networks,
         counts,
         comparisons,
-        genes=adata.var_names,
+        genes=genes,
         batch_codes=batch_codes,
         mode=mode,
         delta=float(delta),
@@ -342,10 +347,9 @@ def rank_genes_groups(
         batch_correction=bool(batch_correction),
         random_state=int(random_state),
     )
-    orders = {
-        group: np.lexsort((-table["lfc_mean"].to_numpy(), -table["score"].to_numpy()))
-        for group, table in tables.items()
-    }
+    if len(genes) < adata.n_vars:
+        tables = {group: _with_every_gene(table, adata.var_names) for group, table in tables.items()}
+    orders = {group: ranking(table) for group, table in tables.items()}
     result = {
         "params": {
             "groupby": groupby,
@@ -359,7 +363,7 @@ def rank_genes_groups(
             "batch_correction": bool(batch_correction),
             "n_samples": int(n_samples),
             "fdr": float(fdr),
-            "pseudocount": pseudocount_for(adata.n_vars),
+            "pseudocount": pseudocount_for(len(genes)),
             "random_state": int(random_state),
         },
         **{field: _records(tables, field, orders) for field in _FIELDS},

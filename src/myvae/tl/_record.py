@@ -71,7 +71,9 @@ def assemble_record(
     random_state: int,
     layer: str | None,
     batch_key: str | None,
+    mask_var: str | np.ndarray | None,
     outputs: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``uns[key_added]`` for a run: its ``params``, ``history`` and ``metrics``.
 
@@ -89,8 +91,12 @@ def assemble_record(
         The layer holding the counts (``None``: ``X``).
     batch_key
         The batch column, if any.
+    mask_var
+        The genes modelled: a ``var`` column's name, a boolean mask, or ``None`` for all genes.
     outputs
         The keys the run writes.
+    extra
+        Further parameters (e.g. about cells of batches a reused model never saw).
     """
     history = history_as_elbo(trained)
     with quiet_training_logs():
@@ -104,9 +110,13 @@ def assemble_record(
         {
             "random_state": random_state,
             "counts": counts_location(layer),
+            "layer": layer,
             **({"batch_key": batch_key, "batches": trained.batch_categories} if batch_key else {}),
+            "mask_var": mask_var,
+            "n_genes": training_data.n_vars,
             "pretrained": reused is not None,
             "epochs_trained": len(history.get("elbo_train", ())),
+            **(extra or {}),
             "outputs": outputs,
             "versions": {package: version(package) for package in VERSIONED_PACKAGES},
         }

@@ -1,0 +1,177 @@
+"""The checks :func:`myvae.tl.myvae` runs before any work, and the inputs its arguments name.
+
+Keywords first (an unknown one is named, with the valid ones), then the values, then the data: which counts, which
+batch column (of the AnnData or, for a MuData, of ``mdata.obs``), which genes. Everything raises an
+:class:`~myvae.InputError` with the fix before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from mudata import MuData
+
+from myvae._batches import check_batch_values
+from myvae._checks import (
+    MIN_CELLS,
+    check_key_added,
+    check_keywords,
+    check_positive_float,
+    check_positive_int,
+)
+from myvae._counts import get_counts_matrix, is_out_of_core
+from myvae._exceptions import InputError
+from myvae._genes import gene_mask
+from myvae._setup import check_setup, read_setup
+from myvae.model._myvae import train_keywords
+
+__all__ = ["Inputs", "check_tool_keywords", "check_values", "resolve_inputs"]
+
+
+def check_tool_keywords(train_kwargs: dict[str, Any], tool_keywords: Collection[str], *, reusing: bool) -> None:
+    """Refuse a keyword neither :func:`~myvae.tl.myvae`, :meth:`~myvae.MyVAE.train` nor Lightning's trainer takes.
+
+    With ``reusing`` (``model=`` given), training keywords are refused too: they would do nothing.
+    """
+    check_keywords(train_kwargs, set(tool_keywords) | train_keywords(), "tl.myvae")
+    if reusing and train_kwargs:
+        raise InputError(
+            f"Training arguments ({', '.join(train_kwargs)}) do nothing when model= reuses a trained model; "
+            "leave them out, or train a new model by leaving out model=."
+        )
+
+
+def check_values(
+    *,
+    n_latent: Any,
+    n_hidden: Any,
+    max_epochs: Any,
+    batch_size: Any,
+    lr: Any,
+    library_size: Any,
+    key_added: Any,
+    layer_added: Any,
+    transform_batch: Any,
+) -> None:
+    """Refuse, with the fix, a value out of range; these checks need no data."""
+    check_positive_int(n_latent, "n_latent")
+    check_positive_int(n_hidden, "n_hidden")
+    check_positive_int(max_epochs, "max_epochs", allow_none=True)
+    check_positive_int(batch_size, "batch_size")
+    if lr is not None:
+        check_positive_float(lr, "lr")
+    check_positive_float(library_size, "library_size")
+    check_key_added(key_added)
+    if layer_added is not None:
+        check_key_added(layer_added, "layer_added")
+    if transform_batch is not None and layer_added is None:
+        raise InputError("transform_batch= only shapes layer_added=; pass layer_added='...' too, or leave it out.")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a call of :func:`~myvae.tl.myvae` reads: the counts, the batches and the genes.
+
+    Attributes
+    ----------
+    layer
+        The layer holding the counts (``None``: ``X``).
+    batch_key
+        The batch column's name, if any.
+    batches
+        The batch column, aligned to the AnnData's cells (``None`` without batches).
+    mask_var
+        ``mask_var`` as recorded: a column name, a boolean mask, or ``None`` for all genes.
+    mask
+        The boolean mask over the genes (``None``: all genes).
+    """
+
+    layer: str | None
+    batch_key: str | None
+    batches: pd.Series | None
+    mask_var: str | np.ndarray | None
+    mask: np.ndarray | None
+
+
+def resolve_inputs(
+    adata: AnnData,
+    mdata: MuData | None,
+    mod: str | None,
+    *,
+    layer: str | None,
+    batch_key: str | None,
+    mask_var: Any,
+    layer_added: str | None,
+    reusing: bool,
+    model_batch_key: str | None = None,
+) -> Inputs:
+    """Resolve and check the counts, batches and genes a call uses: the tool's arguments, else the setup record.
+
+    When reusing a model, the batch column is the tool's ``batch_key``, else the model's ``batch_key``; a model
+    trained without batches takes none.
+    """
+    setup = read_setup(adata)
+    layer = setup["layer"] if layer is None else layer
+    if reusing:
+        if model_batch_key is None and batch_key is not None:
+            raise InputError(
+                f"batch_key={batch_key!r}: the model was trained without batches, so it reads none; leave batch_key "
+                "out."
+            )
+        batch_key = batch_key or model_batch_key
+    elif batch_key is None:
+        batch_key = setup["batch_key"]
+    mask_param, mask = gene_mask(adata, mask_var)
+    check_setup(adata, layer, None, mask)
+    batches = None if batch_key is None else batch_column(adata, mdata, mod, batch_key, model_batch_key)
+    if layer_added is not None:
+        if layer is not None and layer_added == layer:
+            raise InputError(
+                f"layer_added={layer_added!r} would overwrite the counts it is computed from; name another layer, "
+                "e.g. layer_added='myvae_denoised'."
+            )
+        if is_out_of_core(get_counts_matrix(adata, layer)):
+            raise InputError(
+                "layer_added= would hold a dense cells × genes matrix in memory, and these counts are on disk; leave "
+                "it out, and compute the denoised expression in parts with return_model=True and "
+                "model.get_normalized_expression(indices=...)."
+            )
+    if not reusing and adata.n_obs < MIN_CELLS:
+        raise InputError(
+            f"The data have {adata.n_obs} cells; training needs at least {MIN_CELLS} "
+            "(10% of the cells are kept aside to score the model). Pass more cells."
+        )
+    return Inputs(layer, batch_key, batches, mask_param, mask)
+
+
+def batch_column(
+    adata: AnnData, mdata: MuData | None, mod: str | None, key: str, model_batch_key: str | None = None
+) -> pd.Series:
+    """The batch of each cell of ``adata``: ``adata.obs[key]``, or for a MuData's modality ``mdata.obs[key]``.
+
+    In a MuData, ``key`` may name a column of the modality, a column of ``mdata.obs`` (its global columns, or
+    ``"rna:sample"`` as muon names the modality's columns there), or ``"rna:sample"`` for the modality's ``sample``.
+    """
+    if key in adata.obs.columns:
+        column = adata.obs[key]
+    elif mdata is not None and key in mdata.obs.columns:
+        column = mdata.obs[key].reindex(adata.obs_names)
+    elif mdata is not None and key.startswith(f"{mod}:") and key.removeprefix(f"{mod}:") in adata.obs.columns:
+        column = adata.obs[key.removeprefix(f"{mod}:")]
+    else:
+        where = "adata.obs" if mdata is None else f"mdata[{mod!r}].obs or mdata.obs"
+        columns = list(adata.obs.columns) + ([] if mdata is None else list(mdata.obs.columns))
+        listed = ", ".join(map(repr, dict.fromkeys(columns))) or "none"
+        if key == model_batch_key:
+            raise InputError(
+                f"The model was trained with batches from obs[{key!r}], and {where} has no such column (columns: "
+                f"{listed}); pass batch_key= naming the column that holds these cells' batches."
+            )
+        raise InputError(f"batch_key={key!r} is not a column of {where} (columns: {listed}).")
+    check_batch_values(column, key)
+    return column
