@@ -9,28 +9,21 @@ AnnData's ``X``, an h5py or zarr array, a dask array) is read and checked a chun
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from math import ceil
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from myvae._checks import check_obs_key
 from myvae._exceptions import InputError
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
-    "MAX_NUMERIC_BATCHES",
     "CountsSummary",
     "RowChunks",
-    "batch_code",
-    "batch_labels",
-    "check_batch_column",
-    "check_batch_values",
     "check_counts",
     "check_counts_in_chunks",
     "counts_location",
@@ -43,8 +36,6 @@ __all__ = [
 
 DEFAULT_CHUNK_SIZE = 4096
 """Cells read from disk at a time."""
-MAX_NUMERIC_BATCHES = 50
-"""A numeric ``batch_key`` column with more distinct values than this is taken for a continuous covariate."""
 
 
 def get_counts_matrix(adata: AnnData, layer: str | None) -> Any:
@@ -304,39 +295,6 @@ def raw_counts_advice(adata: AnnData) -> str | None:
     )
 
 
-def check_batch_column(adata: AnnData, key: str) -> None:
-    """Raise an :class:`~myvae.InputError` unless ``obs[key]`` can serve as a categorical batch covariate.
-
-    Strings and categories are accepted; a numeric column only with few distinct values (at most
-    :data:`MAX_NUMERIC_BATCHES`), as batch numbers are. Missing values are refused.
-    """
-    check_obs_key(adata, key, "batch_key")
-    check_batch_values(adata.obs[key], key)
-
-
-def check_batch_values(column: pd.Series, key: str) -> None:
-    """:func:`check_batch_column` for a column found elsewhere (e.g. a MuData's ``obs``), aligned to the cells."""
-    n_missing = int(column.isna().sum())
-    if n_missing:
-        raise InputError(
-            f"batch_key={key!r}: {n_missing} cells have no batch (NaN); fill them, e.g. "
-            f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)`, or remove those cells."
-        )
-    if pd.api.types.is_numeric_dtype(column) and not isinstance(column.dtype, pd.CategoricalDtype):
-        n_values = column.nunique()
-        if pd.api.types.is_float_dtype(column) and not np.array_equal(column, np.round(column)):
-            raise InputError(
-                f"batch_key={key!r} holds non-integer numbers; a batch is a category (a sample, a run). "
-                "Pass a column of labels, or convert it with `.astype('category')` if these are labels."
-            )
-        if n_values > MAX_NUMERIC_BATCHES:
-            raise InputError(
-                f"batch_key={key!r} is numeric with {n_values} distinct values, which looks like a continuous "
-                f"covariate, not batches; pass a column of batch labels, or convert it with `.astype('category')` "
-                "if these are labels."
-            )
-
-
 def select_genes(matrix: Any, mask: np.ndarray | None) -> Any:
     """The columns (genes) of a counts matrix that ``mask`` selects, read as lazily as the matrix is.
 
@@ -367,53 +325,3 @@ def select_genes(matrix: Any, mask: np.ndarray | None) -> Any:
         start, stop = rows.bounds(chunk)
         blocks.append(da.from_delayed(dask.delayed(read)(start, stop), shape=(stop - start, meta.shape[1]), meta=meta))
     return da.concatenate(blocks, axis=0)
-
-
-def batch_labels(column: pd.Series, categories: Sequence[str] | None = None) -> pd.Categorical:
-    """A batch column as categories named by strings: the form in which the model reads batches.
-
-    Parameters
-    ----------
-    column
-        A column of ``obs`` (checked by :func:`check_batch_column`).
-    categories
-        The batches of a trained model, in the model's order; a label outside them is an
-        :class:`~myvae.InputError`. ``None`` takes the column's categories in their order (sorted for a column that
-        is not categorical), leaving out those no cell has.
-    """
-    labels = column.astype(str)
-    if categories is None:
-        categorical = column if isinstance(column.dtype, pd.CategoricalDtype) else column.astype("category")
-        categories = [str(category) for category in categorical.cat.remove_unused_categories().cat.categories]
-    else:
-        unknown = sorted(set(labels) - set(categories))
-        if unknown:
-            raise InputError(
-                f"obs[{column.name!r}] holds batches the model was not trained on ({', '.join(unknown)}); the model "
-                f"knows {list(categories)}. Train a model on these batches."
-            )
-    return pd.Categorical(labels, categories=list(categories))
-
-
-def batch_code(batch: str | None, categories: Sequence[str], source: str) -> int | None:
-    """Check a ``transform_batch`` argument and return the code of its batch (``None`` for ``None``).
-
-    Parameters
-    ----------
-    batch
-        The batch asked for.
-    categories
-        The batches, in the order of their codes (fewer than two: the data or the model have no batches).
-    source
-        Where the batches come from, for the message (``"obs['sample']"``, ``"the model"``).
-    """
-    if batch is None:
-        return None
-    if len(categories) < 2:
-        raise InputError(
-            "transform_batch= needs batches; set up the data with mv.pp.setup_counts(adata, batch_key=...) naming a "
-            "column of at least two batches, and train on them."
-        )
-    if str(batch) not in categories:
-        raise InputError(f"transform_batch={batch!r} is not a batch of {source}: {list(categories)}.")
-    return list(categories).index(str(batch))

@@ -14,10 +14,9 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from myvae._batches import batch_labels, check_batch_column
 from myvae._checks import check_same_genes
 from myvae._counts import (
-    batch_labels,
-    check_batch_column,
     check_counts,
     counts_location,
     get_counts_matrix,

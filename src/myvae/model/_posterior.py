@@ -15,8 +15,9 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
+from myvae._batches import batch_code
 from myvae._checks import check_same_genes
-from myvae._counts import batch_code, is_out_of_core
+from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
 

@@ -21,8 +21,8 @@ import torch
 from anndata import AnnData, read_h5ad
 from scvi.model._utils import parse_device_args
 
+from myvae._batches import batch_labels
 from myvae._checks import check_same_genes
-from myvae._counts import batch_labels
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
 

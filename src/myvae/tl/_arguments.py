@@ -16,6 +16,7 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
+from myvae._batches import check_batch_values
 from myvae._checks import (
     MIN_CELLS,
     check_key_added,
@@ -23,7 +24,7 @@ from myvae._checks import (
     check_positive_float,
     check_positive_int,
 )
-from myvae._counts import check_batch_values, get_counts_matrix, is_out_of_core
+from myvae._counts import get_counts_matrix, is_out_of_core
 from myvae._exceptions import InputError
 from myvae._genes import gene_mask
 from myvae._setup import check_setup, read_setup

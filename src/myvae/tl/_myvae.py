@@ -19,8 +19,8 @@ from lightning.pytorch.callbacks import Callback
 from mudata import MuData
 
 from myvae import _logging as logg
+from myvae._batches import batch_labels
 from myvae._checks import check_same_genes
-from myvae._counts import batch_labels
 from myvae._data import copy_data, resolve_data, write_aligned_obsm
 from myvae._docs import COPY, DATA, MOD, doc_params
 from myvae._exceptions import InputError, TrainingDivergedError

@@ -18,7 +18,7 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
-from myvae._counts import batch_code, batch_labels
+from myvae._batches import batch_code, batch_labels
 from myvae._exceptions import InputError
 from myvae.model import MyVAE
 from myvae.model._record import model_for_query
