@@ -3,10 +3,10 @@ import platform
 
 import numpy as np
 
-from myvae.model._allocator import OPT_IN_VARIABLE, reuse_freed_memory
+from myvae.model._allocator import reuse_freed_memory
 
 ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-BLOCK = 2**20  # float64 values: an 8 MiB block, above glibc's default mmap threshold of 128 KiB
+BLOCK = 2**20  # float64 values: an 8 MiB block, above glibc's initial mmap threshold of 128 KiB
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -28,19 +28,10 @@ def _mmapped_bytes_of_an_8_mib_block() -> int:
     return grown
 
 
-def test_without_opting_in_the_allocator_is_left_alone(monkeypatch):
-    monkeypatch.delenv(OPT_IN_VARIABLE, raising=False)
-    with reuse_freed_memory() as applied:
-        assert applied is False
-
-
-def test_glibc_takes_the_training_thresholds_when_opted_in_and_memory_still_works(monkeypatch):
-    monkeypatch.setenv(OPT_IN_VARIABLE, "1")
+def test_large_blocks_come_from_the_heap_while_training_and_memory_still_works():
     with reuse_freed_memory() as applied:
         assert applied == ON_GLIBC
-        inside = _mmapped_bytes_of_an_8_mib_block() if ON_GLIBC else None
-    if ON_GLIBC:
-        # while training, a large block comes from the heap, where freed memory is reused ...
-        assert inside == 0
-        # ... and afterwards glibc's default thresholds are back: it is mapped (and unmapped when freed) again
-        assert _mmapped_bytes_of_an_8_mib_block() >= BLOCK * 8
+        if ON_GLIBC:
+            assert _mmapped_bytes_of_an_8_mib_block() == 0
+        values = np.arange(BLOCK, dtype=np.float64)
+        assert values[-1] == BLOCK - 1
