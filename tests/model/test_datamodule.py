@@ -7,7 +7,7 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
 from scvi.dataloaders import DataSplitter
 
-from myvae.model._datamodule import CountsDataModule, CSRRows, split_indices
+from myvae.model._datamodule import CountsDataModule, CSRRows, in_memory_rows, split_indices
 
 
 @pytest.mark.parametrize("n_obs", [80, 97])
@@ -61,3 +61,30 @@ def test_unset_seed_draws_a_fresh_split(small_adata):
     datamodule = CountsDataModule(small_adata.X, batch_size=16, seed=None)
     assert (datamodule.n_train, datamodule.n_val) == (72, 8)
     assert sum(len(batch[REGISTRY_KEYS.X_KEY]) for batch in datamodule.train_dataloader()) == 72
+
+
+def test_csr_rows_leaves_a_callers_stored_zeros_alone(small_adata):
+    counts = small_adata.X.tocsr().astype(np.float32)
+    counts.data[::7] = 0.0  # stored zeros, which a float32 CSR matrix shares its arrays with CSRRows through
+    before = (counts.indptr.copy(), counts.indices.copy(), counts.data.copy())
+    rows = CSRRows(counts)
+    np.testing.assert_array_equal(counts.indptr, before[0])
+    np.testing.assert_array_equal(counts.indices, before[1])
+    np.testing.assert_array_equal(counts.data, before[2])
+    gathered = rows[torch.arange(counts.shape[0])]
+    assert gathered.values().numel() == counts.count_nonzero()
+    np.testing.assert_array_equal(gathered.to_dense().numpy(), counts.toarray())
+
+
+@pytest.mark.parametrize("as_array", [False, True], ids=["sparse", "dense"])
+def test_inference_minibatches_follow_the_given_cells(small_adata, as_array):
+    counts = small_adata.X.toarray() if as_array else small_adata.X
+    batches = np.arange(small_adata.n_obs) % 3
+    cells = np.array([40, 3, 3, 79, 0, 12, 55])
+    minibatches = list(in_memory_rows(counts, cells, 3, batch_index=batches))
+    assert [len(minibatch[REGISTRY_KEYS.X_KEY]) for minibatch in minibatches] == [3, 3, 1]
+    seen = torch.cat([minibatch[REGISTRY_KEYS.X_KEY].to_dense() for minibatch in minibatches]).numpy()
+    np.testing.assert_array_equal(seen, small_adata.X[cells].toarray())
+    codes = torch.cat([minibatch[REGISTRY_KEYS.BATCH_KEY] for minibatch in minibatches]).numpy().ravel()
+    np.testing.assert_array_equal(codes, batches[cells])
+    assert len(list(in_memory_rows(counts, None, 32))) == 3

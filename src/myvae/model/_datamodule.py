@@ -34,7 +34,15 @@ seed
 """
 """The parameters every data module takes."""
 
-__all__ = ["BaseCountsDataModule", "CSRRows", "CountsDataModule", "batch_codes", "process_share", "split_indices"]
+__all__ = [
+    "BaseCountsDataModule",
+    "CSRRows",
+    "CountsDataModule",
+    "batch_codes",
+    "in_memory_rows",
+    "process_share",
+    "split_indices",
+]
 
 
 def split_indices(n_obs: int, train_size: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +74,9 @@ class CSRRows:
 
     def __init__(self, counts: sparse.spmatrix | np.ndarray):
         csr = sparse.csr_matrix(counts, dtype=np.float32)
-        csr.eliminate_zeros()
+        if not csr.data.all():  # stored zeros: dropped from a copy, as the arrays may be the caller's
+            csr = csr.copy()
+            csr.eliminate_zeros()
         self.shape = csr.shape
         self.indptr = torch.from_numpy(csr.indptr.astype(np.int64))
         self.indices = torch.from_numpy(csr.indices.astype(np.int64))
@@ -131,7 +141,7 @@ class _Minibatches:
         indices: np.ndarray,
         batch_size: int,
         shuffle: bool,
-        generator: torch.Generator,
+        generator: torch.Generator | None,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -224,15 +234,48 @@ class CountsDataModule(BaseCountsDataModule):
             counts.shape[0], batch_index=batch_index, train_size=train_size, batch_size=batch_size, seed=seed
         )
         self.counts = CSRRows(counts)
+        self._gather = _RowGather(self.counts, self.batch_index)
 
     def _minibatches(self, indices: np.ndarray, shuffle: bool, rank: int, world_size: int) -> _Minibatches:
         return _Minibatches(
             self._gather, indices, self.batch_size, shuffle, self.generator, rank=rank, world_size=world_size
         )
 
-    def _gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The given cells as a minibatch: their counts (sparse CSR) and, with batches, their batch codes."""
+
+class _RowGather:
+    """Cells as a minibatch: their counts (sparse CSR) and, with batches, their batch codes (cells × 1)."""
+
+    def __init__(self, counts: CSRRows, batch_index: torch.Tensor | None):
+        self.counts, self.batch_index = counts, batch_index
+
+    def __call__(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         tensors = {REGISTRY_KEYS.X_KEY: self.counts[rows]}
         if self.batch_index is not None:
             tensors[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[rows]
         return tensors
+
+
+def in_memory_rows(
+    counts: sparse.spmatrix | np.ndarray,
+    indices: np.ndarray | None,
+    batch_size: int,
+    batch_index: np.ndarray | None = None,
+) -> _Minibatches:
+    """Minibatches of the given cells of a counts matrix in memory, in the order of ``indices``, for inference.
+
+    The minibatches are the ones training reads (sparse CSR counts), rather than scvi-tools' dense ones.
+
+    Parameters
+    ----------
+    counts
+        Cells × genes counts, a SciPy sparse matrix or a NumPy array.
+    indices
+        Cells to pass over, in any order; ``None`` for every cell.
+    batch_size
+        Cells per minibatch.
+    batch_index
+        Batch code of every cell, if the model has batches.
+    """
+    indices = np.arange(counts.shape[0]) if indices is None else np.asarray(indices)
+    gather = _RowGather(CSRRows(counts), batch_codes(batch_index))
+    return _Minibatches(gather, indices, batch_size, shuffle=False, generator=None)

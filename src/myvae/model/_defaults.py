@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_EARLY_STOPPING_PATIENCE",
     "DEFAULT_TRAIN_SIZE",
+    "ENCODING_BATCH_SIZE",
     "TrainingSettings",
     "default_learning_rate",
     "default_max_epochs",
@@ -22,6 +23,9 @@ __all__ = [
 
 DEFAULT_BATCH_SIZE = 512
 """Cells per minibatch unless told otherwise: large enough to keep the matrix products efficient."""
+ENCODING_BATCH_SIZE = 2048
+"""Cells per minibatch when :func:`myvae.tl.myvae` embeds the cells: only the encoder runs, so a large minibatch costs
+little memory (a few MiB) and saves the per-minibatch work."""
 DEFAULT_TRAIN_SIZE = 0.9
 """Fraction of the cells trained on; the others give the held-out ELBO."""
 REFERENCE_LEARNING_RATE, REFERENCE_BATCH_SIZE = 1e-3, 128

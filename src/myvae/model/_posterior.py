@@ -1,7 +1,7 @@
 """What a trained model tells about cells: denoised expression, posterior predictive counts, ELBO and reconstruction.
 
-:class:`PosteriorMixin` serves :class:`~myvae.MyVAE`; its queries run the module over minibatches of the cells, read
-from memory through scvi-tools' data loader or, for counts on disk, a chunk of rows at a time.
+:class:`PosteriorMixin` serves :class:`~myvae.MyVAE`; its queries run the module over minibatches of the cells as sparse
+CSR counts, sliced from memory or, for counts on disk, read a chunk of rows at a time.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
 
-from ._datamodule import batch_codes
+from ._datamodule import batch_codes, in_memory_rows
 from ._streaming import streamed_rows
 
 __all__ = ["PosteriorMixin"]
@@ -50,19 +50,23 @@ class PosteriorMixin:
         data_loader_class: type | None = None,
         **data_loader_kwargs,
     ):
-        """scvi-tools' data loader, or, for counts on disk, minibatches read a chunk of rows at a time.
+        """Minibatches of sparse CSR counts, as training reads them: sliced from memory, or read a chunk at a time.
 
         On disk, the cells come in increasing order, so ``indices`` must increase (an error says so otherwise).
+        Shuffled minibatches, another loader class or loader arguments get scvi-tools' data loader.
         """
         adata = self._validate_anndata(adata)
-        manager = self.get_anndata_manager(adata, required=True)
-        counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        if not is_out_of_core(counts) or shuffle or data_loader_class is not None:
+        if shuffle or data_loader_class is not None or data_loader_kwargs:
             return super()._make_data_loader(
                 adata, indices, batch_size, shuffle, data_loader_class, **data_loader_kwargs
             )
-        batch_index = batch_codes(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)) if self.n_batch > 1 else None
-        return streamed_rows(counts, indices, batch_size or scvi.settings.batch_size, batch_index=batch_index)
+        manager = self.get_anndata_manager(adata, required=True)
+        counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        batch_index = manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY) if self.n_batch > 1 else None
+        batch_size = batch_size or scvi.settings.batch_size
+        if not is_out_of_core(counts):
+            return in_memory_rows(counts, indices, batch_size, batch_index=batch_index)
+        return streamed_rows(counts, indices, batch_size, batch_index=batch_codes(batch_index))
 
     def _per_cell(
         self,

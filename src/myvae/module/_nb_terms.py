@@ -256,17 +256,19 @@ def _logits_gradient_of_means(
     r""":math:`\rho_g (w (p_g - \sum_h \rho_h p_h) - c)` in each row, for :math:`p = \sigma(u)`, a softmax :math:`\rho`.
 
     ``weight`` and ``offset`` are :math:`w` and :math:`c`, one per row. In rows where the weighted mean of :math:`p`
-    is above one half, :math:`p_g - \sum_h \rho_h p_h` is formed as :math:`\sum_h \rho_h q_h - q_g` from
-    :math:`q = 1 - p = \sigma(-u)`, so that values of :math:`p` near one do not cancel. The result is written over
-    ``p`` (fresh arrays of cells × genes cost more than the arithmetic).
+    is above one half, :math:`p_g - \sum_h \rho_h p_h` is formed as :math:`-(q_g - \sum_h \rho_h q_h)` from
+    :math:`q = 1 - p = \sigma(-u)`, so that values of :math:`p` near one do not cancel: one sigmoid of :math:`\pm u`,
+    the sign chosen per row, serves all rows. The result is written over ``p`` (fresh arrays of cells × genes cost
+    more than the arithmetic).
     """
     mean = torch.linalg.vecdot(rho, p)
-    near_one = torch.nonzero(mean > 0.5).squeeze(-1)
-    centred = p.sub_(mean.unsqueeze(-1))
-    if near_one.numel():
-        q = torch.sigmoid(u[near_one].neg_())
-        centred[near_one] = torch.linalg.vecdot(rho[near_one], q).unsqueeze(-1) - q
-    return centred.mul_(weight.unsqueeze(-1)).sub_(offset.unsqueeze(-1)).mul_(rho)
+    near_one = mean > 0.5
+    if bool(near_one.any()):
+        sign = 1.0 - 2.0 * near_one.to(u.dtype)  # -1 where the mean of p is above one half
+        p = torch.mul(u, sign.unsqueeze(-1), out=p).sigmoid_()  # q in those rows, p in the others
+        mean = torch.linalg.vecdot(rho, p)
+        weight = weight * sign
+    return p.sub_(mean.unsqueeze(-1)).mul_(weight.unsqueeze(-1)).sub_(offset.unsqueeze(-1)).mul_(rho)
 
 
 def _gather(values: torch.Tensor, shape: torch.Size, at: torch.Tensor) -> torch.Tensor:

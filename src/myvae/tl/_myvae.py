@@ -29,7 +29,14 @@ from myvae._random import RandomState, preserved_random_state, seed_from, seeded
 from myvae._setup import SETUP_KEY, training_anndata
 from myvae.model import MyVAE
 from myvae.model._backends import check_backend
-from myvae.model._defaults import BATCH_SIZE_DOC, CALLBACKS_DOC, DEFAULT_BATCH_SIZE, LR_DOC, MAX_EPOCHS_DOC
+from myvae.model._defaults import (
+    BATCH_SIZE_DOC,
+    CALLBACKS_DOC,
+    DEFAULT_BATCH_SIZE,
+    ENCODING_BATCH_SIZE,
+    LR_DOC,
+    MAX_EPOCHS_DOC,
+)
 from myvae.model._quiet import quiet_training_logs
 from myvae.model._record import model_to_record
 
@@ -349,7 +356,9 @@ def _outputs(
     ``layer_added`` covers all of ``adata``'s genes: NaN for those ``mask_var`` left out.
     """
     with quiet_training_logs():
-        embedding = trained.get_latent_representation(adata=training_data, give_mean=True).astype(np.float32)
+        embedding = trained.get_latent_representation(
+            adata=training_data, give_mean=True, batch_size=ENCODING_BATCH_SIZE
+        ).astype(np.float32)
         layers = {}
         if layer_added is not None:
             expression = trained.get_normalized_expression(

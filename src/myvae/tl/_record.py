@@ -16,6 +16,7 @@ from anndata import AnnData
 
 from myvae._counts import counts_location
 from myvae.model import MyVAE
+from myvae.model._defaults import DEFAULT_BATCH_SIZE
 from myvae.model._quiet import quiet_training_logs
 from myvae.model._record import model_source
 
@@ -43,13 +44,16 @@ def fit_metrics(
     """
     if pretrained:
         return {
-            "elbo": model.get_elbo(training_data),
-            "reconstruction_error": model.get_reconstruction_error(training_data)["reconstruction_loss"],
+            "elbo": model.get_elbo(training_data, batch_size=DEFAULT_BATCH_SIZE),
+            "reconstruction_error": model.get_reconstruction_error(training_data, batch_size=DEFAULT_BATCH_SIZE)[
+                "reconstruction_loss"
+            ],
         }
     metrics = {f"final_{key}": float(values[-1]) for key, values in history.items() if len(values)}
     if len(model.validation_indices):
         # increasing order: the mean does not depend on it, and counts on disk are read that way
-        error = model.get_reconstruction_error(training_data, indices=np.sort(model.validation_indices))
+        validation = np.sort(model.validation_indices)
+        error = model.get_reconstruction_error(training_data, indices=validation, batch_size=DEFAULT_BATCH_SIZE)
         metrics["reconstruction_error_validation"] = error["reconstruction_loss"]
     return metrics
 
