@@ -149,6 +149,11 @@ def _run_in_subprocess(mode: str, paths: dict[str, Path]) -> dict:
 
 # ---------------------------------------------------------------- driver -------------------------------------------
 
+# Issue #18, item 5, measured before its changes at 300,000 cells, one epoch, warm page cache: the whole call took
+# 45.4 s at 1.11 GiB peak RSS from a backed h5ad against 51.5 s at 1.94 GiB in memory. Neither ratio may drop.
+ISSUE_300K_CALL_RATIO = 51.5 / 45.4
+ISSUE_300K_MEMORY_RATIO = 1.94 / 1.11
+
 
 def markdown_report(report: dict) -> str:
     """The results and the targets as Markdown tables (included by the docs)."""
@@ -156,16 +161,19 @@ def markdown_report(report: dict) -> str:
         f"Machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs, "
         f"{report['machine']['memory_gib']:.0f} GiB.",
         "",
-        "| cells | mode | training cells/s | call seconds | peak RSS (MiB) | vs in memory |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| cells | mode | training cells/s | call seconds | peak RSS (MiB) | training vs in memory "
+        "| whole call vs in memory | peak RSS, in memory ÷ this |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for n_cells, entry in report["sizes"].items():
-        in_memory = entry["in_memory"]["train_cells_per_s"]
+        in_memory = entry["in_memory"]
         for mode in MODES:
             result = entry[mode]
             lines.append(
-                f"| {int(n_cells):,} | {mode} | {result['train_cells_per_s']:,.0f} | {result['seconds']:.0f} | "
-                f"{result['peak_rss_mib']:,.0f} | {result['train_cells_per_s'] / in_memory:.2f} |"
+                f"| {int(n_cells):,} | {mode} | {result['train_cells_per_s']:,.0f} | {result['seconds']:.1f} | "
+                f"{result['peak_rss_mib']:,.0f} | {result['train_cells_per_s'] / in_memory['train_cells_per_s']:.2f} "
+                f"| {in_memory['seconds'] / result['seconds']:.2f} | "
+                f"{in_memory['peak_rss_mib'] / result['peak_rss_mib']:.2f} |"
             )
     lines += ["", "| target | measured | met |", "|---|---|:---:|"]
     for target in report["targets"]:
@@ -189,6 +197,21 @@ def targets(report: dict) -> list[dict]:
             "met": highest < 2048,
         }
     ]
+    if "300000" in sizes:
+        entry = sizes["300000"]
+        backed, in_memory = entry["h5ad_backed"], entry["in_memory"]
+        call_ratio = in_memory["seconds"] / backed["seconds"]
+        memory_ratio = in_memory["peak_rss_mib"] / backed["peak_rss_mib"]
+        rows.append(
+            {
+                "target": "whole call from a backed h5ad at 300k cells, time and peak RSS against in memory, "
+                f"at least issue #18's {ISSUE_300K_CALL_RATIO:.2f}× and {ISSUE_300K_MEMORY_RATIO:.2f}×",
+                "measured": f"{call_ratio:.2f}× faster, {memory_ratio:.2f}× less memory "
+                f"({backed['seconds']:.1f} s at {backed['peak_rss_mib']:,.0f} MiB against "
+                f"{in_memory['seconds']:.1f} s at {in_memory['peak_rss_mib']:,.0f} MiB)",
+                "met": call_ratio >= ISSUE_300K_CALL_RATIO and memory_ratio >= ISSUE_300K_MEMORY_RATIO,
+            }
+        )
     if "100000" in sizes:
         entry = sizes["100000"]
         ratio = (

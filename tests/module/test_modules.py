@@ -97,3 +97,16 @@ def test_the_decoder_reads_the_batch_and_transform_batch_decodes_as_that_batch(c
     torch.testing.assert_close(transformed[own.ravel() == 1], untransformed[own.ravel() == 1])
     with pytest.raises(ValueError, match="built for 2 batches; pass each cell's batch_index"):
         module.networks.log_rho(torch.zeros(3, 4))
+
+
+def test_torch_module_holds_first_layer_weights_gene_by_gene_and_state_dicts_move_between_layouts(counts):
+    torch_module, pyro_module = _twin_modules(counts.shape[1])
+    for network in (torch_module.networks.z_mean_encoder, torch_module.networks.z_var_encoder):
+        weight = network[0].weight
+        assert weight.shape == (128, counts.shape[1]) and weight.T.is_contiguous()
+    # Pyro keeps the default layout; the values, loaded across layouts, are the same
+    assert pyro_module.networks.z_mean_encoder[0].weight.is_contiguous()
+    for name, value in pyro_module.networks.state_dict().items():
+        assert torch.equal(value, torch_module.networks.state_dict()[name])
+    torch_module.networks.load_state_dict(pyro_module.networks.state_dict())
+    assert torch_module.networks.z_mean_encoder[0].weight.T.is_contiguous()

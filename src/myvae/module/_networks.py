@@ -96,6 +96,17 @@ class VAENetworks(nn.Module):
         self.decoder = one_hidden_layer_mlp(n_latent + (n_batch if n_batch > 1 else 0), n_input, n_hidden)
         self.log_theta = nn.Parameter(torch.randn(n_input))
 
+    def hold_input_weights_gene_major(self) -> None:
+        """Lay the weights of the encoders' first layers out gene by gene in memory (column-major), same values.
+
+        The sparse first layer reads each weight's transpose (genes × hidden), which is then contiguous, so a
+        training step copies it, and its gradient, row by row instead of transposing them. The PyTorch module does
+        this; Pyro's parameter store keeps its own contiguous copy of every parameter, so the Pyro module keeps the
+        default layout.
+        """
+        for first_layer in (self.z_mean_encoder[0], self.z_var_encoder[0]):
+            first_layer.weight = nn.Parameter(first_layer.weight.detach().T.contiguous().T)
+
     def posterior(self, x: torch.Tensor) -> Normal:
         r"""The approximate posterior :math:`q(z \mid x)` of a minibatch of counts ``x`` (cells × genes).
 
@@ -103,7 +114,8 @@ class VAENetworks(nn.Module):
         """
         mean_input, mean_output = self.z_mean_encoder[0], self.z_mean_encoder[2]
         var_input, var_output = self.z_var_encoder[0], self.z_var_encoder[2]
-        # the first layers of the two networks read the same input: one product serves both
+        # the first layers of the two networks read the same input: one product serves both (with the weights held
+        # gene by gene, see hold_input_weights_gene_major, this is a row-by-row copy rather than a transposition)
         weight_t = torch.cat([mean_input.weight.T, var_input.weight.T], dim=1)
         bias = torch.cat([mean_input.bias, var_input.bias])
         if is_sparse_csr(x):

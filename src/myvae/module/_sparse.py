@@ -100,11 +100,11 @@ class _SparseLinear(torch.autograd.Function):
             entries_per_feature = torch.bincount(col_indices, minlength=ctx.n_features)
             offsets = torch.cumsum(entries_per_feature, 0) - entries_per_feature
             grad_weight = F.embedding_bag(
-                _row_ids(crow_indices)[by_feature],
+                _row_ids(crow_indices).index_select(0, by_feature),
                 grad.contiguous(),
                 offsets,
                 mode="sum",
-                per_sample_weights=values[by_feature],
+                per_sample_weights=values.index_select(0, by_feature),
             )
         if ctx.needs_input_grad[4]:
             grad_bias = grad.sum(dim=0)
