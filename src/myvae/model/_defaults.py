@@ -66,9 +66,10 @@ batch_size
 EARLY_STOPPING_DOC = """
 early_stopping
     Stop once the held-out ELBO (``elbo_validation``) has reached a plateau: when it has not beaten its best by
-    ``early_stopping_min_improvement`` of it for ``early_stopping_patience`` epochs. The weights of the epoch with
-    the best held-out ELBO are then restored, so the model returned (and its embedding and metrics) is the best
-    epoch's, not the last one's; ``False`` trains all ``max_epochs`` and keeps the last epoch's weights.
+    ``early_stopping_min_improvement`` of it for ``early_stopping_patience`` epochs. When training ends, stopped
+    or at ``max_epochs``, the weights of the epoch with the best held-out ELBO are restored, so the model returned
+    (and its embedding and metrics) is the best epoch's, not the last one's; ``False`` trains all ``max_epochs``
+    and keeps the last epoch's weights.
 early_stopping_patience
     Epochs without an improvement before training stops (10).
 early_stopping_min_improvement
