@@ -30,8 +30,8 @@ def test_logged_heldout_elbo_is_the_models_elbo_on_those_cells(small_adata):
 
 
 def test_default_learning_rate_scales_with_batch_size():
-    assert mv.model.default_learning_rate(128) == pytest.approx(1e-3)
-    assert mv.model.default_learning_rate(512) == pytest.approx(4e-3)
+    assert mv.model.default_learning_rate(128) == pytest.approx(3e-3)
+    assert mv.model.default_learning_rate(512) == pytest.approx(1.2e-2)
 
 
 def _elbo_history(adata, backend: str) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ def test_trains_and_writes_results(small_adata, backend):
     assert params["backend"] == backend
     assert params["n_latent"] == 10 and params["max_epochs"] == 15 and params["epochs_trained"] == 15
     assert params["counts"] == "adata.X"
-    assert params["early_stopping"] is True and params["train_size"] == 0.9 and params["lr"] == 1e-3 * 32 / 128
+    assert params["early_stopping"] is True and params["train_size"] == 0.9 and params["lr"] == 3e-3 * 32 / 128
     assert params["versions"]["myvae"] == mv.__version__
 
     history = small_adata.uns["myvae"]["history"]

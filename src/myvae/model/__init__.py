@@ -4,6 +4,7 @@ from ._backends import BACKENDS, register_backend
 from ._defaults import (
     ADAM_SETTINGS,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_EARLY_STOPPING_MIN_IMPROVEMENT,
     DEFAULT_EARLY_STOPPING_PATIENCE,
     DEFAULT_TRAIN_SIZE,
     TrainingSettings,
@@ -19,6 +20,7 @@ __all__ = [
     "ADAM_SETTINGS",
     "BACKENDS",
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_EARLY_STOPPING_MIN_IMPROVEMENT",
     "DEFAULT_EARLY_STOPPING_PATIENCE",
     "DEFAULT_TRAIN_SIZE",
     "LeanTrainingPlan",

@@ -30,17 +30,21 @@ from myvae.module import TorchVAEModule
 
 from ._allocator import reuse_freed_memory
 from ._backends import BACKENDS, check_backend, several_processes, training_recipe
+from ._best_epoch import BestEpoch
 from ._datamodule import CountsDataModule
 from ._defaults import (
     BATCH_SIZE_DOC,
     CALLBACKS_DOC,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_EARLY_STOPPING_MIN_IMPROVEMENT,
     DEFAULT_EARLY_STOPPING_PATIENCE,
     DEFAULT_TRAIN_SIZE,
+    EARLY_STOPPING_DOC,
     LR_DOC,
     MAX_EPOCHS_DOC,
     TrainingSettings,
 )
+from ._early_stopping import PlateauStopping, check_early_stopping
 from ._guards import interrupts_stay_interrupts
 from ._posterior import PosteriorMixin
 from ._quiet import quiet_training_logs
@@ -54,8 +58,10 @@ Backend = Literal["torch", "pyro"]
 _SET_BY_TRAIN = frozenset(
     {"max_epochs", "accelerator", "devices", "early_stopping", "early_stopping_patience", "enable_progress_bar"}
     | {"callbacks", "model", "training_plan", "data_splitter", "trainer_config"}
+    # scvi-tools' early stopping is replaced by the relative rule of ``early_stopping_min_improvement``
+    | {"early_stopping_monitor", "early_stopping_min_delta", "early_stopping_mode", "early_stopping_warmup_epochs"}
 )
-"""Keywords of the trainer that :meth:`MyVAE.train` sets from its own arguments."""
+"""Keywords of the trainer that :meth:`MyVAE.train` sets from its own arguments, or refuses."""
 
 
 @cache
@@ -129,6 +135,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             f"{self.summary_stats.n_vars} genes" + (f", {n_batch} batches" if n_batch > 1 else "")
         )
         self.init_params_ = self._get_init_params(locals())
+        self.restored_epoch_: int | None = None
 
     @property
     def n_batch(self) -> int:
@@ -166,7 +173,13 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
-    @doc_params(max_epochs=MAX_EPOCHS_DOC, lr=LR_DOC, batch_size=BATCH_SIZE_DOC, callbacks=CALLBACKS_DOC)
+    @doc_params(
+        max_epochs=MAX_EPOCHS_DOC,
+        lr=LR_DOC,
+        batch_size=BATCH_SIZE_DOC,
+        early_stopping=EARLY_STOPPING_DOC,
+        callbacks=CALLBACKS_DOC,
+    )
     def train(
         self,
         max_epochs: int | None = None,
@@ -178,6 +191,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
         devices: int | list[int] | str = "auto",
         early_stopping: bool = True,
         early_stopping_patience: int = DEFAULT_EARLY_STOPPING_PATIENCE,
+        early_stopping_min_improvement: float = DEFAULT_EARLY_STOPPING_MIN_IMPROVEMENT,
         progress: bool = True,
         callbacks: list[Callback] | None = None,
         plan_kwargs: dict | None = None,
@@ -186,7 +200,9 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
         """Train with the model's backend, keeping ``train_size`` of the cells and scoring the rest every epoch.
 
         The arguments that shape the result, defaults filled in, are kept as ``training_settings_``
-        (a :class:`~myvae.model.TrainingSettings`).
+        (a :class:`~myvae.model.TrainingSettings`). With early stopping, the model ends with the weights of the
+        epoch with the best held-out ELBO, and ``restored_epoch_`` says which (counting from 1; ``None`` without
+        early stopping, when the last epoch's weights are kept).
 
         Parameters
         ----------
@@ -199,11 +215,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``, …).
         devices
             Lightning devices.
-        early_stopping
-            Stop once the held-out ELBO has not improved for ``early_stopping_patience`` epochs (scvi-tools' early
-            stopping on ``elbo_validation``): past that point the model only overfits the training cells.
-        early_stopping_patience
-            Epochs without improvement of the held-out ELBO before training stops (scvi-tools' 45).
+        {early_stopping}
         progress
             Show a progress bar.
         {callbacks}
@@ -216,6 +228,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             :class:`~myvae.InputError` naming the valid ones.
         """
         check_keywords(trainer_kwargs, train_keywords(), "MyVAE.train")
+        check_early_stopping(early_stopping, early_stopping_patience, early_stopping_min_improvement)
         recipe = training_recipe(self.module)
         if not recipe.several_devices and several_processes(devices, trainer_kwargs.get("strategy")):
             raise InputError(
@@ -232,6 +245,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             devices=devices,
             early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
+            early_stopping_min_improvement=early_stopping_min_improvement,
             plan_kwargs=plan_kwargs,
             trainer_kwargs=trainer_kwargs,
         )
@@ -246,6 +260,11 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             seed=scvi.settings.seed,
         )
         plan_kwargs = {"n_epochs_kl_warmup": None, **recipe.plan_defaults(settings.lr), **(settings.plan_kwargs or {})}
+        stopping = (
+            [PlateauStopping(settings.early_stopping_patience, settings.early_stopping_min_improvement), BestEpoch()]
+            if settings.early_stopping
+            else []
+        )
         with quiet_training_logs(), reuse_freed_memory(), interrupts_stay_interrupts():
             recipe.reset()
             runner = self._train_runner_cls(
@@ -255,10 +274,10 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
                 max_epochs=settings.max_epochs,
                 accelerator=settings.accelerator,
                 devices=settings.devices,
-                early_stopping=settings.early_stopping,
-                early_stopping_patience=settings.early_stopping_patience,
+                early_stopping=False,  # the rule of PlateauStopping instead
                 enable_progress_bar=progress,
-                callbacks=list(callbacks or []),
+                callbacks=[*stopping, *(callbacks or [])],
                 **{"check_val_every_n_epoch": 1, **settings.trainer_kwargs},
             )
             runner()
+        self.restored_epoch_ = stopping[-1].epoch if stopping else None

@@ -9,9 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from scvi.train import _callbacks, _trainrunner
-
-from myvae import _logging
+from scvi.train import _trainrunner
 
 __all__ = ["quiet_training_logs"]
 
@@ -43,11 +41,7 @@ def _print_but_scvi_exception_notice(*values: Any, **kwargs: Any) -> None:
     builtins.print(*values, **kwargs)
 
 
-def _early_stopping_reason_as_info(*values: Any, **kwargs: Any) -> None:
-    _logging.info("    " + " ".join(str(value) for value in values).strip())
-
-
-_PRINTS = {_trainrunner: _print_but_scvi_exception_notice, _callbacks: _early_stopping_reason_as_info}
+_PRINTS = {_trainrunner: _print_but_scvi_exception_notice}
 """scvi-tools' modules that print to stdout, and what their ``print`` does instead while training."""
 
 
@@ -56,8 +50,9 @@ def quiet_training_logs() -> Iterator[None]:
     """Silence informational messages ("GPU available…", tips, setup transfer) and known harmless warnings.
 
     Also keeps scvi-tools' ``TrainRunner`` from printing "Exception raised during training. <class 'NameError'> …"
-    before an error from training (a divergence, an interrupt) reaches the caller with its own message, and sends
-    the reason its early stopping prints ("Monitored metric … did not improve …") to scanpy's logging at info level.
+    before an error from training (a divergence, an interrupt) reaches the caller with its own message. (Why
+    training stopped early, and which epoch's weights were restored, go to scanpy's logging at info level from
+    :mod:`myvae.model._early_stopping` and :mod:`myvae.model._best_epoch`.)
     """
     shadowed = {module: module.__dict__.get("print") for module in _PRINTS}
     for module, replacement in _PRINTS.items():

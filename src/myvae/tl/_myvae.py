@@ -120,8 +120,10 @@ def myvae(
     n_hidden
         Width of the hidden layer of the encoder and decoder networks.
     {max_epochs}
-        Training stops earlier once the held-out ELBO has not improved for 45 epochs, scvi-tools' default (pass
-        ``early_stopping=False`` to train all epochs).
+        Training stops earlier once the held-out ELBO has reached a plateau (no gain of 0.3% over its best in 10
+        epochs) and keeps the weights of its best epoch (pass ``early_stopping=False`` to train all epochs and keep
+        the last; :meth:`myvae.MyVAE.train` describes ``early_stopping_patience`` and
+        ``early_stopping_min_improvement``).
     {batch_size}
     {lr}
     random_state
@@ -186,9 +188,11 @@ def myvae(
     ``adata.uns[key_added]["model"]``
         Only if ``store_model=True``: the model as plain arrays and scalars (:func:`myvae.model.model_to_record`).
     ``adata.uns[key_added]["metrics"]``
-        How well the model fits: ``final_elbo_train``, ``final_elbo_validation`` and
-        ``reconstruction_error_validation`` (per cell, on the held-out cells; lower is better); for a reused
-        model, ``elbo`` and ``reconstruction_error`` of the embedded cells.
+        How well the returned model fits: ``final_elbo_train`` and ``final_elbo_validation`` (the history's ELBO
+        at the epoch whose weights the model has: under early stopping the best held-out epoch, restored, whose
+        number, counting from 1, is ``restored_epoch``; else the last) and ``reconstruction_error_validation``
+        (per cell, on the held-out cells; lower is better); for a reused model, ``elbo`` and
+        ``reconstruction_error`` of the embedded cells.
     ``adata.uns["myvae_setup"]``
         The setup record, if the AnnData had none (counts in ``adata.X``).
     ``mdata.obsm[f"X_{key_added}"]``

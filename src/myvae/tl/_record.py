@@ -38,9 +38,11 @@ def history_as_elbo(model: MyVAE) -> dict[str, np.ndarray]:
 def fit_metrics(
     model: MyVAE, training_data: AnnData, history: dict[str, np.ndarray], *, pretrained: bool
 ) -> dict[str, float]:
-    """How well the model fits: final training and held-out ELBO and held-out reconstruction error per cell.
+    """How well the returned model fits: its training and held-out ELBO and held-out reconstruction error per cell.
 
-    For a reused model, the ELBO and reconstruction error of the cells it embedded.
+    The ELBO is the history's at the epoch whose weights the model has: the restored best epoch under early
+    stopping (``restored_epoch``, counting from 1), else the last. For a reused model, the ELBO and reconstruction
+    error of the cells it embedded.
     """
     if pretrained:
         return {
@@ -49,7 +51,11 @@ def fit_metrics(
                 "reconstruction_loss"
             ],
         }
-    metrics = {f"final_{key}": float(values[-1]) for key, values in history.items() if len(values)}
+    restored = getattr(model, "restored_epoch_", None)
+    epoch = -1 if restored is None else restored - 1
+    metrics = {f"final_{key}": float(values[epoch]) for key, values in history.items() if len(values)}
+    if restored is not None:
+        metrics["restored_epoch"] = restored
     if len(model.validation_indices):
         # increasing order: the mean does not depend on it, and counts on disk are read that way
         validation = np.sort(model.validation_indices)
