@@ -169,8 +169,10 @@ class CountsSummary:
         summary = cls(values.dtype, minimum=float(values.min()) if values.size else 0.0)
         if np.issubdtype(values.dtype, np.floating):
             finite = np.isfinite(values)
-            summary.n_not_finite = int(np.count_nonzero(~finite))
-            summary.non_integer = not np.array_equal(values[finite], np.round(values[finite]))
+            summary.n_not_finite = values.size - int(np.count_nonzero(finite))
+            if summary.n_not_finite:
+                values = values[finite]
+            summary.non_integer = not np.array_equal(values, np.round(values))
         totals = np.asarray(matrix.sum(axis=1)).ravel()
         summary.n_empty = int(np.count_nonzero(totals == 0))
         return summary

@@ -38,3 +38,13 @@ def test_elbo_and_reconstruction_error(trained, small_adata):
     assert -elbo >= reconstruction > 0
     with pytest.raises(mv.InputError, match="genes differ from the model's"):
         trained.get_elbo(small_adata[:, :100].copy())
+
+
+def test_embedding_is_the_posterior_mean_scvi_tools_returns(trained, small_adata):
+    # tl.myvae's embedding runs the mean network alone, in large minibatches of sparse counts
+    expected = trained.get_latent_representation(give_mean=True, batch_size=7)
+    np.testing.assert_allclose(trained._embedding(None, 32), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small_adata.obsm["X_myvae"], expected, rtol=1e-5, atol=1e-6)
+    dense = small_adata.copy()
+    dense.X = dense.X.toarray()
+    np.testing.assert_allclose(trained._embedding(dense, 32), expected, rtol=1e-5, atol=1e-6)

@@ -78,14 +78,15 @@ class CSRRows:
             csr = csr.copy()
             csr.eliminate_zeros()
         self.shape = csr.shape
-        self.indptr = torch.from_numpy(csr.indptr.astype(np.int64))
-        self.indices = torch.from_numpy(csr.indices.astype(np.int64))
-        self.data = torch.from_numpy(csr.data)
+        # the arrays as SciPy holds them (int32 indices, usually), shared rather than copied: only read from here
+        self.indptr, self.indices, self.data = (
+            _readable_tensor(array) for array in (csr.indptr, csr.indices, csr.data)
+        )
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        """The given rows, in that order, as a sparse CSR tensor."""
-        starts = self.indptr[rows]
-        lengths = self.indptr[rows + 1] - starts
+        """The given rows, in that order, as a sparse CSR tensor (with 64-bit indices)."""
+        starts = self.indptr[rows].long()
+        lengths = self.indptr[rows + 1].long() - starts
         crow_indices = torch.zeros(len(rows) + 1, dtype=torch.long)
         torch.cumsum(lengths, 0, out=crow_indices[1:])
         # position in `indices`/`data` of every entry of the minibatch, row after row
@@ -95,11 +96,16 @@ class CSRRows:
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse_csr_tensor(
                 crow_indices,
-                self.indices[positions],
+                self.indices[positions].long(),
                 self.data[positions],
                 (len(rows), self.shape[1]),
                 check_invariants=False,
             )
+
+
+def _readable_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over ``array``'s memory; a copy if the array is read-only (torch does not wrap those silently)."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def batch_codes(batch_index: np.ndarray | None) -> torch.Tensor | None:

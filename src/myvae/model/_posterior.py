@@ -86,6 +86,19 @@ class PosteriorMixin:
             parts = [compute(tensors).cpu().numpy() for tensors in minibatches]
         return np.concatenate(parts, axis=0)
 
+    def _embedding(self, adata: AnnData | None, batch_size: int) -> np.ndarray:
+        """Every cell's posterior mean, as ``get_latent_representation()`` gives it, from the mean network alone.
+
+        A module without the shared networks (a registered backend of one's own) goes through
+        ``get_latent_representation``.
+        """
+        networks = getattr(self.module, "networks", None)
+        if not hasattr(networks, "posterior_mean"):
+            return self.get_latent_representation(adata=adata, give_mean=True, batch_size=batch_size)
+        return self._per_cell(
+            lambda tensors: networks.posterior_mean(tensors[REGISTRY_KEYS.X_KEY]), adata, None, batch_size
+        )
+
     @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)
     def get_normalized_expression(
         self,

@@ -69,6 +69,18 @@ def cell_log_likelihood(px: torch.distributions.Distribution, x: torch.Tensor) -
     return per_cell.log_prob(x)
 
 
+def _first_layer(x: torch.Tensor, *layers: nn.Linear) -> torch.Tensor:
+    r"""The first layers of encoders that read the same counts, side by side: :math:`\log(1 + x) W^\top + b`.
+
+    ``x`` is dense or a sparse CSR tensor; for the latter only its non-zero counts are read.
+    """
+    weight_t = torch.cat([layer.weight.T for layer in layers], dim=1) if len(layers) > 1 else layers[0].weight.T
+    bias = torch.cat([layer.bias for layer in layers]) if len(layers) > 1 else layers[0].bias
+    if is_sparse_csr(x):
+        return sparse_linear(x, weight_t.contiguous(), bias, values=torch.log1p(x.values()))
+    return torch.addmm(bias, torch.log1p(x), weight_t)
+
+
 @doc_params(sizes=SIZES_DOC)
 class VAENetworks(nn.Module):
     r"""Encoder, decoder and gene-wise inverse dispersion of the simple scVI model.
@@ -112,21 +124,18 @@ class VAENetworks(nn.Module):
 
         ``x`` may be dense or a sparse CSR tensor; for the latter the first layer reads only the non-zero counts.
         """
-        mean_input, mean_output = self.z_mean_encoder[0], self.z_mean_encoder[2]
-        var_input, var_output = self.z_var_encoder[0], self.z_var_encoder[2]
+        mean_network, var_network = self.z_mean_encoder, self.z_var_encoder
         # the first layers of the two networks read the same input: one product serves both (with the weights held
         # gene by gene, see hold_input_weights_gene_major, this is a row-by-row copy rather than a transposition)
-        weight_t = torch.cat([mean_input.weight.T, var_input.weight.T], dim=1)
-        bias = torch.cat([mean_input.bias, var_input.bias])
-        if is_sparse_csr(x):
-            hidden = sparse_linear(x, weight_t, bias, values=torch.log1p(x.values()))
-        else:
-            hidden = torch.addmm(bias, torch.log1p(x), weight_t)
-        hidden = hidden.relu()
-        hidden_mean, hidden_var = hidden.split([mean_input.out_features, var_input.out_features], dim=-1)
-        qz_m = mean_output(hidden_mean)
-        qz_v = var_output(hidden_var).exp() + VARIANCE_FLOOR
+        hidden = _first_layer(x, mean_network[0], var_network[0]).relu()
+        hidden_mean, hidden_var = hidden.split([mean_network[0].out_features, var_network[0].out_features], dim=-1)
+        qz_m = mean_network[2](hidden_mean)
+        qz_v = var_network[2](hidden_var).exp() + VARIANCE_FLOOR
         return Normal(qz_m, qz_v.sqrt(), validate_args=False)
+
+    def posterior_mean(self, x: torch.Tensor) -> torch.Tensor:
+        r"""The mean of :math:`q(z \mid x)` alone, as :meth:`posterior` computes it, without the variance network."""
+        return self.z_mean_encoder[2](_first_layer(x, self.z_mean_encoder[0]).relu())
 
     def decode(self, z: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's output (logits over genes) for latent codes ``z`` and, with several batches, their batch.

@@ -360,9 +360,7 @@ def _outputs(
     ``layer_added`` covers all of ``adata``'s genes: NaN for those ``mask_var`` left out.
     """
     with quiet_training_logs():
-        embedding = trained.get_latent_representation(
-            adata=training_data, give_mean=True, batch_size=ENCODING_BATCH_SIZE
-        ).astype(np.float32)
+        embedding = trained._embedding(training_data, ENCODING_BATCH_SIZE).astype(np.float32)
         layers = {}
         if layer_added is not None:
             expression = trained.get_normalized_expression(
