@@ -51,6 +51,20 @@ def test_reuse_refuses_what_it_cannot_use(small_adata, tmp_path):
         mv.tl.myvae(small_adata, model=tmp_path, early_stopping=False)
 
 
+def test_reuse_refuses_model_arguments_it_would_ignore(small_adata):
+    trained = mv.tl.myvae(small_adata.copy(), n_latent=4, return_model=True, **fast_train_kwargs(max_epochs=2))
+    new_cells = small_adata.copy()
+    before = (dict(new_cells.obsm), dict(new_cells.uns))
+    with pytest.raises(mv.InputError, match=r"Training arguments \(n_latent, lr\) do nothing when model="):
+        mv.tl.myvae(new_cells, model=trained, n_latent=5, lr=1e-3)
+    with pytest.raises(mv.InputError, match=r"Training arguments \(backend\) do nothing"):
+        mv.tl.myvae(new_cells, model=trained, backend="pyro")
+    assert (dict(new_cells.obsm), dict(new_cells.uns)) == before
+    # the defaults are not arguments given: the model's own settings apply
+    mv.tl.myvae(new_cells, model=trained, n_latent=10)
+    assert new_cells.obsm["X_myvae"].shape == (new_cells.n_obs, 4)
+
+
 @pytest.fixture(scope="module")
 def batched_model() -> tuple[mv.MyVAE, ad.AnnData]:
     """A model trained with batch_key='sample' (donor_a, donor_b) on 60 cells, and the AnnData that carries it."""

@@ -33,16 +33,29 @@ from myvae.model._myvae import train_keywords
 __all__ = ["Inputs", "check_tool_keywords", "check_values", "resolve_inputs"]
 
 
-def check_tool_keywords(train_kwargs: dict[str, Any], tool_keywords: Collection[str], *, reusing: bool) -> None:
+def check_tool_keywords(
+    train_kwargs: dict[str, Any],
+    tool_keywords: Collection[str],
+    *,
+    reusing: bool,
+    model_arguments: dict[str, tuple[Any, Any]] | None = None,
+) -> None:
     """Refuse a keyword neither :func:`~myvae.tl.myvae`, :meth:`~myvae.MyVAE.train` nor Lightning's trainer takes.
 
-    With ``reusing`` (``model=`` given), training keywords are refused too: they would do nothing.
+    With ``reusing`` (``model=`` given), training keywords are refused too, and so are the tool's own model and
+    training arguments (``model_arguments``: each name's value and default) given a value other than their
+    default: they would do nothing.
     """
     check_keywords(train_kwargs, set(tool_keywords) | train_keywords(), "tl.myvae")
-    if reusing and train_kwargs:
+    if not reusing:
+        return
+    ignored = list(train_kwargs) + [
+        name for name, (value, default) in (model_arguments or {}).items() if value is not default and value != default
+    ]
+    if ignored:
         raise InputError(
-            f"Training arguments ({', '.join(train_kwargs)}) do nothing when model= reuses a trained model; "
-            "leave them out, or train a new model by leaving out model=."
+            f"Training arguments ({', '.join(ignored)}) do nothing when model= reuses a trained model, which has "
+            "its own; leave them out, or train a new model by leaving out model=."
         )
 
 

@@ -231,7 +231,10 @@ def myvae(
     """
     start = logg.info("computing myvae")
     # check: every keyword, every value, then the data — before any work
-    check_tool_keywords(train_kwargs, _TOOL_KEYWORDS, reusing=model is not None)
+    arguments = (backend, n_latent, n_hidden, max_epochs, batch_size, lr)
+    names = ("backend", "n_latent", "n_hidden", "max_epochs", "batch_size", "lr")
+    model_arguments = {name: (value, _TOOL_DEFAULTS[name]) for name, value in zip(names, arguments, strict=True)}
+    check_tool_keywords(train_kwargs, _TOOL_KEYWORDS, reusing=model is not None, model_arguments=model_arguments)
     check_backend(backend)
     check_values(
         n_latent=n_latent,
@@ -332,6 +335,8 @@ def myvae(
 
 _TOOL_KEYWORDS = frozenset(inspect.signature(myvae).parameters) - {"data", "train_kwargs"}
 """The keywords :func:`myvae` takes itself; the others go to :meth:`myvae.MyVAE.train`."""
+_TOOL_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(myvae).parameters.items()}
+"""The default of each of :func:`myvae`'s arguments (with ``model=``, the model's own arguments keep theirs)."""
 
 
 def _check_model_genes(model: MyVAE, adata: AnnData, inputs: Inputs) -> None:
