@@ -58,10 +58,9 @@ max_epochs
 """
 LR_DOC = """
 lr
-    Adam's learning rate; ``None`` scales scvi-tools' 1e-3 (at 128 cells per batch) linearly with ``batch_size``
-    (:func:`~myvae.model.default_learning_rate`): 3e-3 at 128, i.e. 1.2e-2 at the default 512, three times
-    scvi-tools' 1e-3 at 128. Both backends use scvi-tools' other Adam settings (``eps=0.01``,
-    ``weight_decay=1e-6``).
+    Adam's learning rate; ``None`` scales 3e-3 at 128 cells per batch (three times scvi-tools' 1e-3) linearly with
+    ``batch_size`` (:func:`~myvae.model.default_learning_rate`), i.e. 1.2e-2 at the default 512. Both backends use
+    scvi-tools' other Adam settings (``eps=0.01``, ``weight_decay=1e-6``).
 """
 BATCH_SIZE_DOC = """
 batch_size

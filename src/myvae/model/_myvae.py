@@ -260,9 +260,10 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             seed=scvi.settings.seed,
         )
         plan_kwargs = {"n_epochs_kl_warmup": None, **recipe.plan_defaults(settings.lr), **(settings.plan_kwargs or {})}
+        best_epoch = BestEpoch() if settings.early_stopping else None
         stopping = (
-            [PlateauStopping(settings.early_stopping_patience, settings.early_stopping_min_improvement), BestEpoch()]
-            if settings.early_stopping
+            [PlateauStopping(settings.early_stopping_patience, settings.early_stopping_min_improvement), best_epoch]
+            if best_epoch is not None
             else []
         )
         with quiet_training_logs(), reuse_freed_memory(), interrupts_stay_interrupts():
@@ -280,4 +281,4 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
                 **{"check_val_every_n_epoch": 1, **settings.trainer_kwargs},
             )
             runner()
-        self.restored_epoch_ = stopping[-1].epoch if stopping else None
+        self.restored_epoch_ = None if best_epoch is None else best_epoch.epoch

@@ -50,7 +50,7 @@ def check_tool_keywords(
     if not reusing:
         return
     ignored = list(train_kwargs) + [
-        name for name, (value, default) in (model_arguments or {}).items() if value is not default and value != default
+        name for name, (value, default) in (model_arguments or {}).items() if value != default
     ]
     if ignored:
         raise InputError(

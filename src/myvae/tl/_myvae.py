@@ -231,9 +231,9 @@ def myvae(
     """
     start = logg.info("computing myvae")
     # check: every keyword, every value, then the data — before any work
-    arguments = (backend, n_latent, n_hidden, max_epochs, batch_size, lr)
-    names = ("backend", "n_latent", "n_hidden", "max_epochs", "batch_size", "lr")
-    model_arguments = {name: (value, _TOOL_DEFAULTS[name]) for name, value in zip(names, arguments, strict=True)}
+    given = {"backend": backend, "n_latent": n_latent, "n_hidden": n_hidden}
+    given |= {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr}
+    model_arguments = {name: (value, _TOOL_DEFAULTS[name]) for name, value in given.items()}
     check_tool_keywords(train_kwargs, _TOOL_KEYWORDS, reusing=model is not None, model_arguments=model_arguments)
     check_backend(backend)
     check_values(
