@@ -125,10 +125,10 @@ def cells_of_count_and_mean():
     }
 
 
-# Where a count equals a mean of e^9 (8103) and theta is near it, the gradient in that gene's logit is about 0 but the
-# difference of terms of 10^4 whose float32 spacing is 5e-4; there the error reaches 1.3e-3 (the textbook formula:
-# 4.8e-3). Everywhere else on the grid it stays below 1e-3.
-LOGITS_GRADIENT_TOLERANCE = 1.5e-3
+# Where a count equals a mean of e^9 (8103) in a cell whose genes span theta from e^-2 to e^20, the gradient in a
+# logit is about 0 but the sum of three terms of 4,000 to 8,000 whose float32 spacing is 5e-4; there the error reaches
+# 1.6e-3, three spacings (the textbook formula: 4.8e-3). Everywhere else on the grid it stays below 1e-3.
+LOGITS_GRADIENT_TOLERANCE = 2e-3
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ def split_indices(n_obs: int, train_size: float, seed: int | None) -> tuple[np.n
 
 
 class CSRRows:
-    """A counts matrix held as the arrays of a CSR matrix, from which any set of rows is gathered as a minibatch.
+    """A counts matrix held as a SciPy CSR matrix, from which any set of rows is gathered as a minibatch.
 
     Parameters
     ----------
@@ -73,39 +73,29 @@ class CSRRows:
     """
 
     def __init__(self, counts: sparse.spmatrix | np.ndarray):
-        csr = sparse.csr_matrix(counts, dtype=np.float32)
+        csr = sparse.csr_matrix(counts, dtype=np.float32)  # the caller's arrays where they are CSR float32 already
         if not csr.data.all():  # stored zeros: dropped from a copy, as the arrays may be the caller's
             csr = csr.copy()
             csr.eliminate_zeros()
+        self.csr = csr
         self.shape = csr.shape
-        # the arrays as SciPy holds them (int32 indices, usually), shared rather than copied: only read from here
-        self.indptr, self.indices, self.data = (
-            _readable_tensor(array) for array in (csr.indptr, csr.indices, csr.data)
-        )
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        """The given rows, in that order, as a sparse CSR tensor (with 64-bit indices)."""
-        starts = self.indptr[rows].long()
-        lengths = self.indptr[rows + 1].long() - starts
-        crow_indices = torch.zeros(len(rows) + 1, dtype=torch.long)
-        torch.cumsum(lengths, 0, out=crow_indices[1:])
-        # position in `indices`/`data` of every entry of the minibatch, row after row
-        positions = torch.repeat_interleave(starts - crow_indices[:-1], lengths)
-        positions += torch.arange(len(positions))
+        """The given rows, in that order, as a sparse CSR tensor (with 64-bit indices).
+
+        SciPy gathers the rows in compiled code (several times faster than gathering the arrays with torch
+        operations), into new arrays that the tensor then shares.
+        """
+        gathered = self.csr[rows.numpy()]
         with warnings.catch_warnings():  # torch warns once that sparse CSR support is in beta
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse_csr_tensor(
-                crow_indices,
-                self.indices[positions].long(),
-                self.data[positions],
+                torch.from_numpy(gathered.indptr).long(),
+                torch.from_numpy(gathered.indices).long(),
+                torch.from_numpy(gathered.data),
                 (len(rows), self.shape[1]),
                 check_invariants=False,
             )
-
-
-def _readable_tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor over ``array``'s memory; a copy if the array is read-only (torch does not wrap those silently)."""
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def batch_codes(batch_index: np.ndarray | None) -> torch.Tensor | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.distributions.torch import Independent
@@ -10,16 +12,16 @@ from torch.distributions.utils import broadcast_all, lazy_property
 from torch.nn import functional as F
 
 from ._nb_terms import (
+    _ZERO_COUNT_REFINE_ABOVE,
     _gather,
     _large_means,
     _log_prob_at_counts,
     _logits_gradient_of_means,
-    _remainder_differences,
-    _remainder_differences_per_gene,
+    _softmax,
     _whole_counts,
     _zero_count_gap,
 )
-from ._sparse import is_sparse_csr, nonzero_entries
+from ._sparse import is_sparse_csr, nonzero_entries, sums_per_row
 
 __all__ = [
     "NegativeBinomialMean",
@@ -101,9 +103,8 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
 
     With :math:`u = \log\mu - \log\theta` and :math:`p = \mu / (\theta + \mu) = \sigma(u)`, the log-probability at
     a zero count is :math:`-\theta\,\mathrm{softplus}(u)`, its derivative in :math:`\log\mu` is :math:`-\theta p`
-    and in :math:`\log\theta` it is :math:`\theta\,(p - \mathrm{softplus}(u))`
-    (see :func:`_zero_count_gap`). At the non-zero counts all three come from
-    ``_log_prob_at_counts``.
+    and in :math:`\log\theta` it is :math:`\theta\,(p - \mathrm{softplus}(u))` (see :func:`_zero_count_gap`).
+    At the non-zero counts all three come from ``_log_prob_at_counts``.
     """
 
     @staticmethod
@@ -117,19 +118,16 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
         out = (softplus_u * theta).neg_()
         counts = x.expand(shape).reshape(-1)
         at = torch.nonzero(counts).squeeze(-1)  # the non-zero counts in the flattened arrays
-        x_at, theta_at = counts.index_select(0, at), _gather(theta, shape, at)
-        whole = _whole_counts(x_at)
-        if whole and log_theta.shape == shape[-1:]:  # one inverse dispersion per gene
-            remainders = _remainder_differences_per_gene(theta, log_theta, at % theta.numel())
-        else:
-            remainders = _remainder_differences(theta_at)
-        log_prob, at_counts = _log_prob_at_counts(
-            x_at, _gather(log_mu, shape, at), _gather(log_theta, shape, at), theta_at, remainders, whole, wants_gradient
+        x_at = counts.index_select(0, at)
+        per_gene = None
+        if log_theta.shape == shape[-1:] and _whole_counts(x_at):  # one inverse dispersion per gene
+            per_gene = (log_theta, at % log_theta.numel())
+        at_counts = _log_prob_at_counts(
+            x_at, _gather(log_mu, shape, at), _gather(log_theta, shape, at), per_gene, wants_gradient
         )
-        out.view(-1).index_copy_(0, at, log_prob)
+        out.view(-1).index_copy_(0, at, at_counts.log_prob)
         if wants_gradient:
-            d_log_mu, d_log_theta, _ = at_counts
-            ctx.save_for_backward(u, softplus_u, log_mu, theta, at, d_log_mu, d_log_theta)
+            ctx.save_for_backward(u, softplus_u, log_mu, theta, at, at_counts.d_log_mu, at_counts.d_log_theta)
             ctx.shapes = (shape, log_mu.shape, log_theta.shape)
         return out
 
@@ -141,10 +139,11 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
         grad_log_mu = grad_log_theta = None
         if ctx.needs_input_grad[2]:
             d_log_theta = (p - softplus_u).mul_(theta)
-            refine = _large_means(log_mu.expand(shape).reshape(-1, shape[-1] if shape else 1), 0.0)
+            log_mu_2d = log_mu.expand(shape).reshape(-1, shape[-1] if shape else 1)
+            refine = _large_means(log_mu_2d, math.log(_ZERO_COUNT_REFINE_ABOVE))
             if refine.numel():
-                parts = (p.view(-1)[refine], softplus_u.view(-1)[refine], _gather(theta, shape, refine))
-                d_log_theta.view(-1).index_copy_(0, refine, _zero_count_gap(*parts[:2]).mul_(parts[2].neg()))
+                gap = _zero_count_gap(u.view(-1)[refine].exp())
+                d_log_theta.view(-1).index_copy_(0, refine, gap.mul_(_gather(theta, shape, refine)).neg_())
             d_log_theta.view(-1).index_copy_(0, at, d_log_theta_at)
             grad_log_theta = (grad * d_log_theta).sum_to_size(log_theta_shape)
         if ctx.needs_input_grad[1]:
@@ -157,20 +156,21 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
 class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
     r"""Forward and analytic backward of :func:`negative_binomial_softmax_log_prob`.
 
-    With :math:`u = \log\mu - \log\theta` and :math:`p = \sigma(u)` as in :class:`_NegativeBinomialLogProb`,
-    a cell's log-probability is :math:`-\sum_g \theta_g \,\mathrm{softplus}(u_g)` over its zero counts (a
-    matrix-vector product, with the non-zero counts' entries set to zero) plus ``_log_prob_at_counts`` over its
-    non-zero counts. The derivative in :math:`\log\mu_g` is :math:`a_g - \theta_g p_g` with
-    :math:`a_g = x_g \theta_g / (\theta_g + \mu_g)` (zero at zero counts), so with :math:`\rho = \mathrm{softmax}(f)`,
-    :math:`\mu_g = l \rho_g` and :math:`\theta_g p_g = \mu_g (1 - p_g)` the gradient in the logits is
+    With :math:`\rho = \mathrm{softmax}(f)`, :math:`\mu_g = l \rho_g` and :math:`r_g = \mu_g / \theta_g`,
+    a cell's log-probability is :math:`-\sum_g \theta_g \log(1 + r_g)` over its zero counts (a matrix-vector
+    product, with the non-zero counts' entries set to zero) plus ``_log_prob_at_counts`` over its non-zero counts.
+    With :math:`p = r/(1 + r)` and :math:`q = 1/(1 + r)` (both precise, whatever :math:`r`), the derivative in
+    :math:`\log\mu_g` is :math:`a_g - \theta_g p_g` with :math:`a_g = x_g \theta_g / (\theta_g + \mu_g)` (zero at
+    zero counts), so with :math:`\theta_g p_g = \mu_g q_g` the gradient in the logits is
 
     .. math::
 
         a_g - \rho_g \sum_h a_h + l \rho_g \Big(p_g - \sum_h \rho_h p_h\Big)
 
     (using :math:`\sum_h \rho_h = 1`). Written as :math:`g - \rho \sum g` instead, two terms of the size of the
-    library would cancel once :math:`\theta` is large. The counts are only read at their non-zero entries, so they
-    may come as a sparse CSR tensor.
+    library would cancel once :math:`\theta` is large. Beyond the softmax, one ``log1p`` per entry is the only
+    transcendental function evaluated on the cells × genes arrays. The counts are only read at their non-zero
+    entries, so they may come as a sparse CSR tensor.
     """
 
     @staticmethod
@@ -184,51 +184,44 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
     ) -> torch.Tensor:
         rows, cols, counts = nonzero_entries(x)
         at = rows * logits.shape[-1] + cols  # the non-zero counts in the flattened cells x genes arrays
-        log_rho = torch.log_softmax(logits, dim=-1)
-        u = log_rho + log_library
-        log_mu_at = u.view(-1).index_select(0, at)
-        u.sub_(log_theta)
+        rho, log_normaliser = _softmax(logits)
+        log_mu_at = logits.view(-1).index_select(0, at).add_((log_library - log_normaliser).view(-1).index_select(0, rows))
         theta = log_theta.exp()
+        ratio = torch.mul(rho, log_library.exp()).mul_(theta.reciprocal())  # mu / theta
+        per_gene = (log_theta, cols) if _whole_counts(counts) else None
+        at_counts = _log_prob_at_counts(counts, log_mu_at, log_theta.index_select(0, cols), per_gene, wants_gradient)
+        # log(1 + mu / theta) at the zero counts, and minus the log-probability over theta at the others
         theta_at = theta.index_select(0, cols)
-        whole = _whole_counts(counts)
-        if whole:
-            remainders = _remainder_differences_per_gene(theta, log_theta, cols)
-        else:
-            remainders = _remainder_differences(theta_at)
-        at_counts, gradient_at_counts = _log_prob_at_counts(
-            counts, log_mu_at, log_theta.index_select(0, cols), theta_at, remainders, whole, wants_gradient
-        )
-        # theta * softplus(u) at the zero counts, and minus the log-probability (over theta) at the others
-        terms = F.softplus(u)
-        terms.view(-1).index_copy_(0, at, at_counts.div_(theta_at).neg_())
+        terms = torch.log1p(ratio)
+        terms.view(-1).index_copy_(0, at, at_counts.log_prob.div_(theta_at).neg_())
         out = torch.mv(terms, theta).neg_()
         if wants_gradient:
-            _, d_log_theta_at, count_share = gradient_at_counts
-            d_log_theta_at = d_log_theta_at.div_(theta_at)  # the backward pass multiplies by theta after summing
-            saved = (log_rho, u, terms, log_library, log_theta, theta, rows, at, d_log_theta_at, count_share)
-            ctx.save_for_backward(*saved)
+            # the backward pass multiplies the derivative in log theta by theta after summing
+            d_log_theta_over_theta_at = at_counts.d_log_theta.div_(theta_at)
+            count_share_sum = sums_per_row(x, at_counts.count_share)
+            saved = (rho, ratio, terms, log_library, theta, rows, at)
+            ctx.save_for_backward(*saved, d_log_theta_over_theta_at, at_counts.count_share, count_share_sum)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, torch.Tensor | None, None]:
-        log_rho, u, softplus_u, log_library, log_theta, theta, rows, at, d_log_theta_over_theta_at, count_share = (
+        rho, ratio, log1p_ratio, log_library, theta, rows, at, d_log_theta_over_theta_at, count_share, count_share_sum = (
             ctx.saved_tensors
-        )  # softplus_u is only that at the zero counts
-        p = torch.sigmoid(u)
-        grad_logits = grad_log_theta = scratch = None
+        )  # log1p_ratio is only that at the zero counts
+        q = ratio.add(1.0).reciprocal_()
+        p = ratio * q
+        grad_logits = grad_log_theta = None
         if ctx.needs_input_grad[3]:
-            d_log_theta_over_theta = scratch = p - softplus_u
-            refine = _large_means(u, log_theta)
+            d_log_theta_over_theta = p - log1p_ratio
+            refine = _large_means(ratio, _ZERO_COUNT_REFINE_ABOVE / theta)
             if refine.numel():
-                parts = (p.view(-1)[refine], softplus_u.view(-1)[refine])
-                d_log_theta_over_theta.view(-1).index_copy_(0, refine, _zero_count_gap(*parts).neg_())
+                gap = _zero_count_gap(ratio.view(-1)[refine])
+                d_log_theta_over_theta.view(-1).index_copy_(0, refine, gap.neg_())
             d_log_theta_over_theta.view(-1).index_copy_(0, at, d_log_theta_over_theta_at)
             grad_log_theta = torch.mv(d_log_theta_over_theta.T, grad).mul_(theta)
         if ctx.needs_input_grad[1]:
-            rho = torch.exp(log_rho, out=scratch)  # into the array of the gradient in log theta, if any
             grad_library = grad * log_library.squeeze(-1).exp()
-            count_share_sum = torch.zeros_like(grad).index_add_(0, rows, count_share)
-            grad_logits = _logits_gradient_of_means(p, rho, u, grad_library, grad * count_share_sum)
+            grad_logits = _logits_gradient_of_means(p, q, rho, grad_library, grad * count_share_sum)
             grad_logits.view(-1).index_add_(0, at, count_share * grad.index_select(0, rows))
         return None, grad_logits, None, grad_log_theta, None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-__all__ = ["is_sparse_csr", "nonzero_entries", "row_sums", "sparse_linear"]
+__all__ = ["is_sparse_csr", "nonzero_entries", "row_sums", "sparse_linear", "sums_per_row"]
 
 
 def is_sparse_csr(x: torch.Tensor) -> bool:
@@ -42,10 +42,27 @@ def row_sums(x: torch.Tensor) -> torch.Tensor:
     """The sum of each row of a dense or sparse CSR matrix, as a column (rows × 1)."""
     if not is_sparse_csr(x):
         return x.sum(dim=-1, keepdim=True)
-    rows, _, values = nonzero_entries(x)
-    return torch.zeros(x.shape[0], 1, dtype=values.dtype, device=values.device).index_add_(
-        0, rows, values.unsqueeze(-1)
-    )
+    return sums_per_row(x, x.values()).unsqueeze(-1)
+
+
+def sums_per_row(x: torch.Tensor, entry_values: torch.Tensor) -> torch.Tensor:
+    """The sum over each row of ``x`` of values given per non-zero entry, in the order of :func:`nonzero_entries`.
+
+    The entries come row by row, so each row's values are one segment of ``entry_values`` (summed segment by
+    segment: an ``index_add_`` into a few hundred rows would make every thread write to the same few places).
+
+    Parameters
+    ----------
+    x
+        Dense tensor or sparse CSR tensor, rows × columns.
+    entry_values
+        One value per non-zero entry of ``x``.
+    """
+    if is_sparse_csr(x):
+        lengths = x.crow_indices().diff()
+    else:
+        lengths = torch.count_nonzero(x, dim=-1)
+    return torch.segment_reduce(entry_values, "sum", lengths=lengths)
 
 
 def sparse_linear(
