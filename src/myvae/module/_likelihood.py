@@ -185,7 +185,9 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         rows, cols, counts = nonzero_entries(x)
         at = rows * logits.shape[-1] + cols  # the non-zero counts in the flattened cells x genes arrays
         rho, log_normaliser = _softmax(logits)
-        log_mu_at = logits.view(-1).index_select(0, at).add_((log_library - log_normaliser).view(-1).index_select(0, rows))
+        log_mu_at = (
+            logits.view(-1).index_select(0, at).add_((log_library - log_normaliser).view(-1).index_select(0, rows))
+        )
         theta = log_theta.exp()
         ratio = torch.mul(rho, log_library.exp()).mul_(theta.reciprocal())  # mu / theta
         per_gene = (log_theta, cols) if _whole_counts(counts) else None
@@ -205,9 +207,18 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, torch.Tensor | None, None]:
-        rho, ratio, log1p_ratio, log_library, theta, rows, at, d_log_theta_over_theta_at, count_share, count_share_sum = (
-            ctx.saved_tensors
-        )  # log1p_ratio is only that at the zero counts
+        (
+            rho,
+            ratio,
+            log1p_ratio,
+            log_library,
+            theta,
+            rows,
+            at,
+            d_log_theta_over_theta_at,
+            count_share,
+            count_share_sum,
+        ) = ctx.saved_tensors  # log1p_ratio is only that at the zero counts
         q = ratio.add(1.0).reciprocal_()
         p = ratio * q
         grad_logits = grad_log_theta = None

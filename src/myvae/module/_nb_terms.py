@@ -35,8 +35,6 @@ __all__ = [
 # in single precision at mu = 256); where mu exceeds 256, the backward pass evaluates it in double precision instead.
 _ZERO_COUNT_REFINE_ABOVE = 256.0
 _LOG2_E = 1.0 / math.log(2.0)
-# Whole counts below this take log(k!) from a table.
-_COUNT_TABLE_SIZE = 2**16
 # Whole counts below this take their log-gamma and digamma differences from per-gene tables.
 _SMALL_COUNTS = 16
 # From this inverse dispersion on, log-gamma and digamma differences are taken from asymptotic series (the first
@@ -65,34 +63,35 @@ def _wide_dtype(device: torch.device) -> torch.dtype:
 
 
 @functools.cache
-def _log_factorials(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    r""":math:`\log k!` for :math:`k = 0, \dots, 2^{16} - 1`."""
-    return torch.lgamma(torch.arange(1, _COUNT_TABLE_SIZE + 1, dtype=torch.float64, device=device)).to(dtype)
+def _small_log_factorials(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    r""":math:`\log k!` for the counts :math:`k` the per-gene tables hold."""
+    return torch.lgamma(torch.arange(1, _SMALL_COUNTS + 1, dtype=torch.float64, device=device)).to(dtype)
 
 
 def _whole_counts(x: torch.Tensor) -> bool:
-    """Whether the counts are whole numbers below 65,536 (so that tables can be looked up)."""
-    return x.numel() == 0 or (int(x.max()) < _COUNT_TABLE_SIZE and not bool(x.frac().any()))
+    """Whether the counts are whole numbers (so that per-gene tables can be looked up)."""
+    return x.numel() == 0 or not bool(x.frac().any())
 
 
-def _gamma_differences_per_gene(
+def _gamma_terms_per_gene(
     x: torch.Tensor, theta: torch.Tensor, cols: torch.Tensor, wants_digamma: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    r""":math:`\log\Gamma(x + \theta) - \log\Gamma(\theta)` and :math:`\psi(x + \theta) - \psi(\theta)` for whole counts.
+    r""":func:`_gamma_terms` for whole counts and one inverse dispersion per gene.
 
     ``theta`` holds one inverse dispersion per gene and ``cols`` the gene of each count. Counts below 16 look the
-    differences up in per-gene tables of :math:`\sum_{i<k} \log(\theta + i)` and :math:`\sum_{i<k} 1/(\theta + i)`;
-    the few larger ones (about 3% in PBMC 3k) use ``lgamma`` and ``digamma``.
+    terms up in per-gene tables of :math:`\sum_{i<k} \log(\theta + i) - \log k!` and
+    :math:`\sum_{i<k} 1/(\theta + i)`; the few larger ones (about 3% in PBMC 3k) take :func:`_gamma_terms`.
     """
     steps = torch.arange(_SMALL_COUNTS - 1, dtype=theta.dtype, device=theta.device)
     shifted = theta.unsqueeze(-1) + steps  # theta + i, genes x (_SMALL_COUNTS - 1)
     at = cols * _SMALL_COUNTS + x.clamp(max=_SMALL_COUNTS - 1).long()
-    log_gamma = _cumulative_table(shifted.log()).view(-1).index_select(0, at)
+    log_gamma_table = _cumulative_table(shifted.log()).sub_(_small_log_factorials(theta.dtype, theta.device))
+    log_gamma = log_gamma_table.view(-1).index_select(0, at)
     digamma = _cumulative_table(shifted.reciprocal_()).view(-1).index_select(0, at) if wants_digamma else None
     large = torch.nonzero(x >= _SMALL_COUNTS).squeeze(-1)
     if large.numel():
         x_large, theta_large = x.index_select(0, large), theta.index_select(0, cols.index_select(0, large))
-        log_gamma_large, digamma_large = _gamma_differences(x_large, theta_large, wants_digamma)
+        log_gamma_large, digamma_large = _gamma_terms(x_large, theta_large, wants_digamma)
         log_gamma.index_copy_(0, large, log_gamma_large)
         if wants_digamma:
             digamma.index_copy_(0, large, digamma_large)
@@ -104,11 +103,10 @@ def _cumulative_table(terms: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(terms[:, :1]), terms.cumsum(dim=-1)], dim=-1)
 
 
-def _gamma_differences(
-    x: torch.Tensor, theta: torch.Tensor, wants_digamma: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    r""":math:`\log\Gamma(x + \theta) - \log\Gamma(\theta)` and :math:`\psi(x + \theta) - \psi(\theta)`, any counts.
+def _gamma_terms(x: torch.Tensor, theta: torch.Tensor, wants_digamma: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""The log-gamma and digamma terms of the log-probability at non-zero counts, and of its gradient.
 
+    They are :math:`\log\Gamma(x + \theta) - \log\Gamma(\theta) - \log x!` and :math:`\psi(x + \theta) - \psi(\theta)`.
     Where :math:`\theta \ge 10` the differences come from Stirling's series, written so that nothing cancels
     (:math:`n = x + \theta`, :math:`\ell = \log(1 + x/\theta)`):
 
@@ -123,10 +121,15 @@ def _gamma_differences(
     n = x + theta
     log_ratio = torch.log1p(x / theta)
     large_theta = theta >= _ASYMPTOTIC_FROM
-    stirling = (n - 0.5).mul_(log_ratio).add_(x * (theta.log() - 1.0)).add_(_series(_STIRLING, n)).sub_(
-        _series(_STIRLING, theta)
+    stirling = (
+        (n - 0.5)
+        .mul_(log_ratio)
+        .add_(x * (theta.log() - 1.0))
+        .add_(_series(_STIRLING, n))
+        .sub_(_series(_STIRLING, theta))
     )
-    log_gamma = torch.where(large_theta, stirling, torch.lgamma(n).sub_(torch.lgamma(theta)))
+    direct = torch.lgamma(n).sub_(torch.lgamma(theta))
+    log_gamma = torch.where(large_theta, stirling, direct).sub_(torch.lgamma(x + 1.0))
     if not wants_digamma:
         return log_gamma, None
     asymptotic = (x / (2.0 * theta * n)).add_(log_ratio).sub_(_series(_DIGAMMA, n)).add_(_series(_DIGAMMA, theta))
@@ -167,7 +170,7 @@ def _log_prob_at_counts(
         Counts, log means and log inverse dispersions of the non-zero counts, flattened.
     per_gene
         With whole counts and one inverse dispersion per gene: the genes' log inverse dispersions and the gene of
-        each count, so that tables serve all counts (see :func:`_gamma_differences_per_gene`); else ``None``.
+        each count, so that tables serve all counts (see :func:`_gamma_terms_per_gene`); else ``None``.
     wants_gradient
         Whether to return the gradient parts too.
 
@@ -180,15 +183,13 @@ def _log_prob_at_counts(
     x, log_mu, log_theta = x.to(wide), log_mu.to(wide), log_theta.to(wide)
     theta = log_theta.exp()
     if per_gene is None:
-        log_gamma, digamma = _gamma_differences(x, theta, wants_gradient)
-        log_factorial = torch.lgamma(x + 1.0)
+        log_gamma, digamma = _gamma_terms(x, theta, wants_gradient)
     else:
         gene_log_theta, cols = per_gene
-        log_gamma, digamma = _gamma_differences_per_gene(x, gene_log_theta.to(wide).exp(), cols, wants_gradient)
-        log_factorial = _log_factorials(wide, x.device).index_select(0, x.long())
+        log_gamma, digamma = _gamma_terms_per_gene(x, gene_log_theta.to(wide).exp(), cols, wants_gradient)
     mu = log_mu.exp()
     log_ratio = torch.log1p(mu / theta)  # L
-    log_prob = (log_mu - log_theta - log_ratio).mul_(x).add_(log_gamma).sub_(log_factorial).sub_(theta * log_ratio)
+    log_prob = (log_mu - log_theta - log_ratio).mul_(x).add_(log_gamma).sub_(theta * log_ratio)
     if not wants_gradient:
         return CountTerms(log_prob.to(dtype), None, None, None)
     theta_share = theta / (theta + mu)
