@@ -6,7 +6,8 @@ Every method trains for the same fixed number of epochs (no early stopping) in a
 - ``scvi_defaults``: ``scvi.model.SCVI(n_layers=1)`` with scvi-tools' defaults (zero-inflated NB, dropout 0.1, batch
   norm, KL warm-up over 400 epochs), what its users run;
 - ``scvi_same_model``: ``SCVI`` configured as myvae's model (NB likelihood, no dropout, no batch or layer norm, no KL
-  warm-up);
+  warm-up) and trained on the same schedule (its held-out ELBO computed after every epoch, as ``tl.myvae`` does; by
+  default SCVI validates only with early stopping);
 - ``reference_path`` (only on request, ``--methods``): myvae's PyTorch module through scvi-tools' default data path.
 
 For SCVI the whole call is ``setup_anndata`` + ``SCVI(...)`` + ``train`` + ``get_latent_representation``. Each run
@@ -54,6 +55,8 @@ SAME_MODEL_KWARGS = {
     "use_layer_norm": "none",
 }
 """What turns scvi-tools' SCVI into myvae's model (with ``plan_kwargs={"n_epochs_kl_warmup": None}``)."""
+SAME_SCHEDULE_KWARGS = {"check_val_every_n_epoch": 1}
+"""What makes the same-model SCVI do myvae's work per epoch: score the held-out cells after every epoch."""
 N_LATENT, N_HIDDEN = 10, 128
 ACCELERATOR_VARIABLE = "MYVAE_BENCH_ACCELERATOR"
 """Environment variable through which the driver tells its worker processes the Lightning accelerator."""
@@ -146,8 +149,10 @@ def _call_scvi(adata, method: str, epochs: int, accelerator: str, clock):
     """The whole SCVI call (setup, model, train, latent representation); returns the model."""
     import scvi
 
-    model_kwargs = SAME_MODEL_KWARGS if method == "scvi_same_model" else {}
-    plan_kwargs = {"n_epochs_kl_warmup": None} if method == "scvi_same_model" else None
+    same_model = method == "scvi_same_model"
+    model_kwargs = SAME_MODEL_KWARGS if same_model else {}
+    plan_kwargs = {"n_epochs_kl_warmup": None} if same_model else None
+    train_kwargs = SAME_SCHEDULE_KWARGS if same_model else {}
     scvi.model.SCVI.setup_anndata(adata)
     model = scvi.model.SCVI(adata, n_layers=1, n_hidden=N_HIDDEN, n_latent=N_LATENT, **model_kwargs)
     model.train(
@@ -157,6 +162,7 @@ def _call_scvi(adata, method: str, epochs: int, accelerator: str, clock):
         callbacks=[clock],
         enable_progress_bar=False,
         plan_kwargs=plan_kwargs,
+        **train_kwargs,
     )
     adata.obsm["X_scVI"] = model.get_latent_representation()
     return model
