@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from pyro.distributions import Normal
 from torch import nn
-from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
 from myvae._docs import doc_params
@@ -13,7 +12,14 @@ from myvae._docs import doc_params
 from ._likelihood import NegativeBinomialSoftmax
 from ._sparse import is_sparse_csr, sparse_linear
 
-__all__ = ["SIZES_DOC", "VAENetworks", "cell_log_likelihood", "counts_for", "one_hidden_layer_mlp"]
+__all__ = [
+    "SIZES_DOC",
+    "VAENetworks",
+    "cell_log_likelihood",
+    "counts_for",
+    "kl_to_standard_normal",
+    "one_hidden_layer_mlp",
+]
 
 SIZES_DOC = """
 n_input
@@ -67,6 +73,16 @@ def cell_log_likelihood(px: torch.distributions.Distribution, x: torch.Tensor) -
         return px.log_prob(x)
     per_cell = px.to_event(1) if hasattr(px, "to_event") else torch.distributions.Independent(px, 1)
     return per_cell.log_prob(x)
+
+
+def kl_to_standard_normal(qz: Normal) -> torch.Tensor:
+    r"""KL divergence of a diagonal normal :math:`q(z)` from :math:`\mathcal N(0, I)`, summed over the last dimension.
+
+    In closed form, :math:`\tfrac12 \sum_d (\mu_d^2 + \sigma_d^2 - 1 - \log\sigma_d^2)`: the same value as
+    ``kl_divergence(qz, Normal(0, 1))``, in a few operations instead of a dozen.
+    """
+    variance = qz.scale.square()
+    return (qz.loc.square() + variance - variance.log() - 1.0).sum(dim=-1).mul_(0.5)
 
 
 def _first_layer(x: torch.Tensor, *layers: nn.Linear) -> torch.Tensor:
@@ -175,5 +191,4 @@ class VAENetworks(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Per-cell reconstruction loss :math:`-\log p(x \mid z)` and analytic KL divergence to the prior."""
         reconstruction_loss = -cell_log_likelihood(px, x)
-        kl_local = kl_divergence(qz, self.prior(qz.loc)).sum(dim=-1)
-        return reconstruction_loss, kl_local
+        return reconstruction_loss, kl_to_standard_normal(qz)
