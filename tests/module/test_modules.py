@@ -3,6 +3,7 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 from scvi import REGISTRY_KEYS
 
+import myvae as mv
 from myvae.module import PyroVAEModule, TorchVAEModule
 from myvae.module._base import observed_library
 
@@ -99,14 +100,31 @@ def test_the_decoder_reads_the_batch_and_transform_batch_decodes_as_that_batch(c
         module.networks.log_rho(torch.zeros(3, 4))
 
 
-def test_torch_module_holds_first_layer_weights_gene_by_gene_and_state_dicts_move_between_layouts(counts):
+def test_first_layers_hold_contiguous_gene_by_gene_weights_behind_linear_state_dicts(counts):
     torch_module, pyro_module = _twin_modules(counts.shape[1])
-    for network in (torch_module.networks.z_mean_encoder, torch_module.networks.z_var_encoder):
-        weight = network[0].weight
-        assert weight.shape == (128, counts.shape[1]) and weight.T.is_contiguous()
-    # Pyro keeps the default layout; the values, loaded across layouts, are the same
-    assert pyro_module.networks.z_mean_encoder[0].weight.is_contiguous()
-    for name, value in pyro_module.networks.state_dict().items():
-        assert torch.equal(value, torch_module.networks.state_dict()[name])
-    torch_module.networks.load_state_dict(pyro_module.networks.state_dict())
-    assert torch_module.networks.z_mean_encoder[0].weight.T.is_contiguous()
+    n_genes = counts.shape[1]
+    for module in (torch_module, pyro_module):
+        for network in (module.networks.z_mean_encoder, module.networks.z_var_encoder):
+            layer = network[0]
+            # the parameter is genes x hidden and contiguous (no copy in the step), seen as nn.Linear's weight
+            assert layer.weight_t.shape == (n_genes, 128) and layer.weight_t.is_contiguous()
+            assert layer.weight.shape == (128, n_genes)
+    state = torch_module.networks.state_dict()
+    assert state["z_mean_encoder.0.weight"].shape == (128, n_genes)
+    assert not any(name.endswith("weight_t") for name in state)
+    names = list(state)
+    assert names.index("z_mean_encoder.0.weight") + 1 == names.index("z_mean_encoder.0.bias")
+    # the same initial values as nn.Linear draws for the same seed
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(n_genes, 128)
+    torch.manual_seed(3)
+    layer = mv.module.InputLayer(n_genes, 128)
+    assert torch.equal(layer.weight, linear.weight) and torch.equal(layer.bias, linear.bias)
+    # state dicts (as saved by an earlier version, from nn.Linear) load into the layer, and back out unchanged
+    changed = {name: value + 1.0 for name, value in state.items()}
+    torch_module.networks.load_state_dict(changed)
+    for name, value in torch_module.networks.state_dict().items():
+        assert torch.equal(value, changed[name])
+    assert torch_module.networks.z_mean_encoder[0].weight_t.is_contiguous()
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        torch_module.networks.load_state_dict({**changed, "z_mean_encoder.0.weight": torch.zeros(n_genes, 128)})

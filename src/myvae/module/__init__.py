@@ -6,11 +6,12 @@ from ._likelihood import (
     negative_binomial_log_prob,
     negative_binomial_softmax_log_prob,
 )
-from ._networks import VAENetworks, cell_log_likelihood
+from ._networks import InputLayer, VAENetworks, cell_log_likelihood
 from ._pyro_module import PyroVAEModule
 from ._torch_module import TorchVAEModule
 
 __all__ = [
+    "InputLayer",
     "NegativeBinomialMean",
     "NegativeBinomialSoftmax",
     "PyroVAEModule",

@@ -14,6 +14,7 @@ from ._sparse import is_sparse_csr, sparse_linear
 
 __all__ = [
     "SIZES_DOC",
+    "InputLayer",
     "VAENetworks",
     "cell_log_likelihood",
     "counts_for",
@@ -37,7 +38,7 @@ VARIANCE_FLOOR = 1e-4
 """Added to the encoder's variance so that a collapsed ``exp`` never yields a zero scale."""
 
 
-def one_hidden_layer_mlp(n_input: int, n_output: int, n_hidden: int) -> nn.Sequential:
+def one_hidden_layer_mlp(n_input: int, n_output: int, n_hidden: int, *, reads_counts: bool = False) -> nn.Sequential:
     """A fully connected network with one hidden ReLU layer (``Linear → ReLU → Linear``).
 
     Parameters
@@ -48,8 +49,57 @@ def one_hidden_layer_mlp(n_input: int, n_output: int, n_hidden: int) -> nn.Seque
         Output size.
     n_hidden
         Width of the hidden layer.
+    reads_counts
+        Whether the first layer reads the counts (an encoder's): it is then an :class:`~myvae.module.InputLayer`,
+        which holds its weight gene by gene for the sparse product.
     """
-    return nn.Sequential(nn.Linear(n_input, n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_output))
+    first = InputLayer(n_input, n_hidden) if reads_counts else nn.Linear(n_input, n_hidden)
+    return nn.Sequential(first, nn.ReLU(), nn.Linear(n_hidden, n_output))
+
+
+class InputLayer(nn.Module):
+    r"""An encoder's first layer, :math:`x W^\top + b`, with its weight held gene by gene.
+
+    It has :class:`~torch.nn.Linear`'s initialisation, ``weight`` (outputs × inputs, a view), ``bias`` and state
+    dict, but its parameter is the transpose ``weight_t`` (inputs × outputs), contiguous: the sparse product reads
+    one row of it per non-zero count (an ``embedding_bag``), its gradient comes out in
+    the same layout, and neither the forward pass, the gradient accumulation nor the fused Adam step copies it.
+
+    Parameters
+    ----------
+    in_features
+        Number of inputs (genes).
+    out_features
+        Number of outputs.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        linear = nn.Linear(in_features, out_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_t = nn.Parameter(linear.weight.detach().T.contiguous())
+        self.bias = linear.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as :class:`~torch.nn.Linear` holds it, outputs × inputs (a view of ``weight_t``)."""
+        return self.weight_t.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer applied to ``x`` (dense, or a sparse CSR tensor whose non-zero values alone are read)."""
+        return _first_layer(x, self)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        for name, tensor in (("weight", self.weight), ("bias", self.bias)):
+            destination[prefix + name] = tensor if keep_vars else tensor.detach()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        if prefix + "weight" in state_dict:  # load_state_dict hands each module its own copy of the dict
+            state_dict[prefix + "weight_t"] = state_dict.pop(prefix + "weight").T
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def counts_for(px: torch.distributions.Distribution, x: torch.Tensor) -> torch.Tensor:
@@ -85,16 +135,16 @@ def kl_to_standard_normal(qz: Normal) -> torch.Tensor:
     return (qz.loc.square() + variance - variance.log() - 1.0).sum(dim=-1).mul_(0.5)
 
 
-def _first_layer(x: torch.Tensor, *layers: nn.Linear) -> torch.Tensor:
+def _first_layer(x: torch.Tensor, *layers: InputLayer) -> torch.Tensor:
     r"""The first layers of encoders that read the same counts, side by side: :math:`\log(1 + x) W^\top + b`.
 
-    ``x`` is dense or a sparse CSR tensor; for the latter only its non-zero counts are read.
+    ``x`` is dense or a sparse CSR tensor; for the latter only its non-zero counts are read, once for all layers.
     """
-    weight_t = torch.cat([layer.weight.T for layer in layers], dim=1) if len(layers) > 1 else layers[0].weight.T
-    bias = torch.cat([layer.bias for layer in layers]) if len(layers) > 1 else layers[0].bias
+    weights = [layer.weight_t for layer in layers]
+    biases = [layer.bias for layer in layers]
     if is_sparse_csr(x):
-        return sparse_linear(x, weight_t.contiguous(), bias, values=torch.log1p(x.values()))
-    return torch.addmm(bias, torch.log1p(x), weight_t)
+        return sparse_linear(x, weights, biases, values=torch.log1p(x.values()))
+    return torch.addmm(torch.cat(biases), torch.log1p(x), torch.cat(weights, dim=1))
 
 
 @doc_params(sizes=SIZES_DOC)
@@ -119,21 +169,10 @@ class VAENetworks(nn.Module):
         self.n_input = n_input
         self.n_latent = n_latent
         self.n_batch = n_batch
-        self.z_mean_encoder = one_hidden_layer_mlp(n_input, n_latent, n_hidden)
-        self.z_var_encoder = one_hidden_layer_mlp(n_input, n_latent, n_hidden)
+        self.z_mean_encoder = one_hidden_layer_mlp(n_input, n_latent, n_hidden, reads_counts=True)
+        self.z_var_encoder = one_hidden_layer_mlp(n_input, n_latent, n_hidden, reads_counts=True)
         self.decoder = one_hidden_layer_mlp(n_latent + (n_batch if n_batch > 1 else 0), n_input, n_hidden)
         self.log_theta = nn.Parameter(torch.randn(n_input))
-
-    def hold_input_weights_gene_major(self) -> None:
-        """Lay the weights of the encoders' first layers out gene by gene in memory (column-major), same values.
-
-        The sparse first layer reads each weight's transpose (genes × hidden), which is then contiguous, so a
-        training step copies it, and its gradient, row by row instead of transposing them. The PyTorch module does
-        this; Pyro's parameter store keeps its own contiguous copy of every parameter, so the Pyro module keeps the
-        default layout.
-        """
-        for first_layer in (self.z_mean_encoder[0], self.z_var_encoder[0]):
-            first_layer.weight = nn.Parameter(first_layer.weight.detach().T.contiguous().T)
 
     def posterior(self, x: torch.Tensor) -> Normal:
         r"""The approximate posterior :math:`q(z \mid x)` of a minibatch of counts ``x`` (cells × genes).
@@ -141,8 +180,7 @@ class VAENetworks(nn.Module):
         ``x`` may be dense or a sparse CSR tensor; for the latter the first layer reads only the non-zero counts.
         """
         mean_network, var_network = self.z_mean_encoder, self.z_var_encoder
-        # the first layers of the two networks read the same input: one product serves both (with the weights held
-        # gene by gene, see hold_input_weights_gene_major, this is a row-by-row copy rather than a transposition)
+        # the first layers of the two networks read the same input: one pass over its non-zero counts serves both
         hidden = _first_layer(x, mean_network[0], var_network[0]).relu()
         hidden_mean, hidden_var = hidden.split([mean_network[0].out_features, var_network[0].out_features], dim=-1)
         qz_m = mean_network[2](hidden_mean)

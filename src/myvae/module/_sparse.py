@@ -7,6 +7,8 @@ it through :func:`nonzero_entries`, and the first layer of the encoder multiplie
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch.nn import functional as F
 
@@ -66,7 +68,10 @@ def sums_per_row(x: torch.Tensor, entry_values: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_linear(
-    x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor, values: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight_t: torch.Tensor | Sequence[torch.Tensor],
+    bias: torch.Tensor | Sequence[torch.Tensor],
+    values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""``x @ weight_t + bias`` for a sparse CSR ``x``, touching only its non-zero entries.
 
@@ -79,19 +84,32 @@ def sparse_linear(
     x
         Sparse CSR input, cells × features.
     weight_t
-        Transposed weight :math:`W^\top`, features × outputs, contiguous.
+        Transposed weight :math:`W^\top`, features × outputs, contiguous; or several, for layers that read the
+        same input side by side: their outputs are concatenated, the entries are grouped by gene once for all of
+        them, and each weight gets its own (contiguous) gradient.
     bias
-        Bias, one per output.
+        Bias, one per output; or one per weight.
     values
         Values to use in place of ``x``'s stored values (a transform of them that keeps zeros at zero, such as
         ``log1p``), so that no second sparse tensor has to be built.
     """
     values = x.values() if values is None else values
-    return _SparseLinear.apply(x.crow_indices(), x.col_indices(), values, weight_t, bias)
+    weights = (weight_t,) if isinstance(weight_t, torch.Tensor) else tuple(weight_t)
+    biases = (bias,) if isinstance(bias, torch.Tensor) else tuple(bias)
+    if len(weights) != len(biases):
+        raise ValueError(
+            f"sparse_linear got {len(weights)} weights and {len(biases)} biases; pass one bias per weight."
+        )
+    return _SparseLinear.apply(x.crow_indices(), x.col_indices(), values, len(weights), *weights, *biases)
+
+
+def _narrowest_index_dtype(n: int) -> torch.dtype:
+    """The narrowest integer dtype that holds 0, ..., n - 1 (torch sorts 16-bit keys faster than 32- or 64-bit)."""
+    return torch.int16 if n <= 2**15 else torch.int32 if n <= 2**31 else torch.int64
 
 
 class _SparseLinear(torch.autograd.Function):
-    """Forward and backward of :func:`sparse_linear` on the CSR arrays of ``x``."""
+    """Forward and backward of :func:`sparse_linear` on the CSR arrays of ``x``, for one or more weights."""
 
     @staticmethod
     def forward(
@@ -99,30 +117,39 @@ class _SparseLinear(torch.autograd.Function):
         crow_indices: torch.Tensor,
         col_indices: torch.Tensor,
         values: torch.Tensor,
-        weight_t: torch.Tensor,
-        bias: torch.Tensor,
+        n_layers: int,
+        *weights_and_biases: torch.Tensor,
     ) -> torch.Tensor:
-        out = F.embedding_bag(col_indices, weight_t, crow_indices[:-1], mode="sum", per_sample_weights=values)
+        weights, biases = weights_and_biases[:n_layers], weights_and_biases[n_layers:]
+        offsets = crow_indices[:-1]
+        outputs = [
+            F.embedding_bag(col_indices, weight_t, offsets, mode="sum", per_sample_weights=values).add_(bias)
+            for weight_t, bias in zip(weights, biases, strict=True)
+        ]
         ctx.save_for_backward(crow_indices, col_indices, values)
-        ctx.n_features = weight_t.shape[0]
-        return out.add_(bias)
+        ctx.n_features = weights[0].shape[0]
+        ctx.widths = [weight_t.shape[1] for weight_t in weights]
+        return outputs[0] if n_layers == 1 else torch.cat(outputs, dim=-1)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, None, torch.Tensor | None, torch.Tensor | None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         crow_indices, col_indices, values = ctx.saved_tensors
-        grad_weight = grad_bias = None
-        if ctx.needs_input_grad[3]:
+        n_layers = len(ctx.widths)
+        grads = grad.split(ctx.widths, dim=-1)
+        weights_need = ctx.needs_input_grad[4 : 4 + n_layers]
+        biases_need = ctx.needs_input_grad[4 + n_layers :]
+        grad_weights = [None] * n_layers
+        if any(weights_need):
             # entries grouped by feature: row (weight) i of x^T g sums values * grad[row] over feature i's entries
-            by_feature = torch.argsort(col_indices.int(), stable=True)
+            by_feature = torch.argsort(col_indices.to(_narrowest_index_dtype(ctx.n_features)), stable=True)
             entries_per_feature = torch.bincount(col_indices, minlength=ctx.n_features)
             offsets = torch.cumsum(entries_per_feature, 0) - entries_per_feature
-            grad_weight = F.embedding_bag(
-                _row_ids(crow_indices).index_select(0, by_feature),
-                grad.contiguous(),
-                offsets,
-                mode="sum",
-                per_sample_weights=values.index_select(0, by_feature),
-            )
-        if ctx.needs_input_grad[4]:
-            grad_bias = grad.sum(dim=0)
-        return None, None, None, grad_weight, grad_bias
+            rows = _row_ids(crow_indices).index_select(0, by_feature)
+            weights = values.index_select(0, by_feature)
+            for k, (needed, grad_k) in enumerate(zip(weights_need, grads, strict=True)):
+                if needed:
+                    grad_weights[k] = F.embedding_bag(
+                        rows, grad_k.contiguous(), offsets, mode="sum", per_sample_weights=weights
+                    )
+        grad_biases = [grad_k.sum(dim=0) if needed else None for needed, grad_k in zip(biases_need, grads, strict=True)]
+        return None, None, None, None, *grad_weights, *grad_biases

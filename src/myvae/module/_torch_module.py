@@ -34,7 +34,6 @@ class TorchVAEModule(SharedNetworksMixin, BaseModuleClass):
 
     def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128, n_batch: int = 1):
         super().__init__(n_input, n_latent=n_latent, n_hidden=n_hidden, n_batch=n_batch)
-        self.networks.hold_input_weights_gene_major()
 
     def _get_generative_input(
         self, tensors: dict[str, torch.Tensor], inference_outputs: dict[str, torch.Tensor]
