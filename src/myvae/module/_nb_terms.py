@@ -38,10 +38,10 @@ _LOG2_E = 1.0 / math.log(2.0)
 # Whole counts below this take their log-gamma and digamma differences from per-gene tables.
 _SMALL_COUNTS = 16
 # From this inverse dispersion on, log-gamma and digamma differences are taken from asymptotic series (the first
-# power, then the coefficients of the powers that follow it two by two), each precise to 1e-14 there.
+# power, then the coefficients of the powers that follow it two by two), truncated below 1e-12 there.
 _ASYMPTOTIC_FROM = 10.0
-_STIRLING = (1, 1 / 12, -1 / 360, 1 / 1260, -1 / 1680, 1 / 1188)
-_DIGAMMA = (2, 1 / 12, -1 / 120, 1 / 252, -1 / 240, 1 / 132)
+_STIRLING = (1, 1 / 12, -1 / 360, 1 / 1260, -1 / 1680)
+_DIGAMMA = (2, 1 / 12, -1 / 120, 1 / 252, -1 / 240)
 
 
 class CountTerms(NamedTuple):
@@ -125,25 +125,30 @@ def _gamma_terms(x: torch.Tensor, theta: torch.Tensor, wants_digamma: bool) -> t
         (n - 0.5)
         .mul_(log_ratio)
         .add_(x * (theta.log() - 1.0))
-        .add_(_series(_STIRLING, n))
-        .sub_(_series(_STIRLING, theta))
+        .add_(_series_difference(_STIRLING, n, theta))
     )
     direct = torch.lgamma(n).sub_(torch.lgamma(theta))
     log_gamma = torch.where(large_theta, stirling, direct).sub_(torch.lgamma(x + 1.0))
     if not wants_digamma:
         return log_gamma, None
-    asymptotic = (x / (2.0 * theta * n)).add_(log_ratio).sub_(_series(_DIGAMMA, n)).add_(_series(_DIGAMMA, theta))
+    asymptotic = (x / (2.0 * theta * n)).add_(log_ratio).sub_(_series_difference(_DIGAMMA, n, theta))
     return log_gamma, torch.where(large_theta, asymptotic, torch.digamma(n).sub_(torch.digamma(theta)))
 
 
-def _series(coefficients: tuple[float, ...], z: torch.Tensor) -> torch.Tensor:
-    r""":math:`\sum_k c_k z^{-(2k + s)}` for an asymptotic series whose first power is :math:`s` (1 or 2), by Horner."""
+def _series_difference(coefficients: tuple[float, ...], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r""":math:`T(a) - T(b)` for the asymptotic series :math:`T(z) = \sum_k c_k z^{-(2k + s)}` (first power :math:`s`).
+
+    ``coefficients`` holds :math:`s`, then :math:`c_0, c_1, \dots`; both arguments are evaluated together, by
+    Horner's rule in :math:`1/z^2`.
+    """
     power, terms = coefficients[0], coefficients[1:]
+    z = torch.stack([a, b])
     inverse_square = z.square().reciprocal_()
-    result = torch.full_like(z, terms[-1])
+    series = torch.full_like(z, terms[-1])
     for c in terms[-2::-1]:
-        result.mul_(inverse_square).add_(c)
-    return result.mul_(inverse_square if power == 2 else z.reciprocal())
+        series.mul_(inverse_square).add_(c)
+    series.mul_(inverse_square if power == 2 else z.reciprocal())
+    return series[0] - series[1]
 
 
 def _log_prob_at_counts(
@@ -224,12 +229,11 @@ def _logits_gradient_of_means(
     arithmetic).
     """
     mean = torch.linalg.vecdot(rho, p)
-    near_one = torch.nonzero(mean > 0.5).squeeze(-1)
-    if near_one.numel():
-        q_near = q.index_select(0, near_one)
-        p.index_copy_(0, near_one, q_near)
-        mean = mean.index_copy(0, near_one, torch.linalg.vecdot(rho.index_select(0, near_one), q_near))
-        weight = weight * torch.ones_like(weight).index_fill_(0, near_one, -1.0)
+    near_one = mean > 0.5
+    if bool(near_one.any()):
+        torch.where(near_one.unsqueeze(-1), q, p, out=p)
+        mean = torch.where(near_one, torch.linalg.vecdot(rho, p), mean)
+        weight = weight * (1.0 - 2.0 * near_one.to(weight.dtype))
     return p.sub_(mean.unsqueeze(-1)).mul_(weight.unsqueeze(-1)).sub_(offset.unsqueeze(-1)).mul_(rho)
 
 
