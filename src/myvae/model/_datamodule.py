@@ -39,6 +39,7 @@ __all__ = [
     "CSRRows",
     "CountsDataModule",
     "batch_codes",
+    "csr_rows_tensor",
     "in_memory_rows",
     "process_share",
     "split_indices",
@@ -86,16 +87,30 @@ class CSRRows:
         SciPy gathers the rows in compiled code (several times faster than gathering the arrays with torch
         operations), into new arrays that the tensor then shares.
         """
-        gathered = self.csr[rows.numpy()]
-        with warnings.catch_warnings():  # torch warns once that sparse CSR support is in beta
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(
-                torch.from_numpy(gathered.indptr).long(),
-                torch.from_numpy(gathered.indices).long(),
-                torch.from_numpy(gathered.data),
-                (len(rows), self.shape[1]),
-                check_invariants=False,
-            )
+        return csr_rows_tensor(self.csr[rows.numpy()])
+
+
+def csr_rows_tensor(matrix: sparse.csr_matrix, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Rows ``start`` to ``stop`` of a SciPy CSR matrix as a sparse CSR tensor (64-bit indices), values shared.
+
+    Parameters
+    ----------
+    matrix
+        Float32 CSR matrix without stored zeros.
+    start, stop
+        The rows, as in ``matrix[start:stop]`` (``stop=None``: to the last row).
+    """
+    stop = matrix.shape[0] if stop is None else stop
+    first, last = matrix.indptr[start], matrix.indptr[stop]
+    with warnings.catch_warnings():  # torch warns once that sparse CSR support is in beta
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr[start : stop + 1] - first).long(),
+            torch.from_numpy(matrix.indices[first:last]).long(),
+            torch.from_numpy(matrix.data[first:last]),
+            (stop - start, matrix.shape[1]),
+            check_invariants=False,
+        )
 
 
 def batch_codes(batch_index: np.ndarray | None) -> torch.Tensor | None:

@@ -23,7 +23,7 @@ from scvi import REGISTRY_KEYS
 from myvae._counts import DEFAULT_CHUNK_SIZE, RowChunks
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
-from myvae.model._datamodule import SPLIT_DOC, BaseCountsDataModule, CSRRows
+from myvae.model._datamodule import SPLIT_DOC, BaseCountsDataModule, csr_rows_tensor
 
 __all__ = ["StreamedMinibatches", "StreamingCountsDataModule", "streamed_rows"]
 
@@ -90,18 +90,26 @@ class StreamedMinibatches:
         return [chunks[first : first + self.buffer_chunks] for first in range(0, len(chunks), self.buffer_chunks)]
 
     def _buffers(self) -> Iterator[tuple[sparse.csr_matrix, np.ndarray]]:
-        """Groups of chunks: the counts of their chosen rows and the index of each such row in the whole matrix."""
+        """Groups of chunks: the counts of their chosen rows in the order of the pass, and each row's index."""
         chunk_of_row = self.indices // self.rows.chunk_size
         for group in self._groups():
-            cells = self.indices[np.isin(chunk_of_row, group)]
+            in_group = np.isin(chunk_of_row, group)
+            cells = self.indices[in_group]
             if not len(cells):
                 continue
-            needed = np.unique(chunk_of_row[np.isin(chunk_of_row, group)])
+            needed = np.unique(chunk_of_row[in_group])
             blocks = [self.rows.read(*self.rows.bounds(chunk)) for chunk in needed]
             offsets = np.concatenate([[0], np.cumsum([block.shape[0] for block in blocks])])
             position_in_blocks = offsets[np.searchsorted(needed, cells // self.rows.chunk_size)]
             position_in_blocks += cells % self.rows.chunk_size
-            yield sparse.vstack(blocks, format="csr")[position_in_blocks], cells
+            if self.shuffle:
+                permutation = torch.randperm(len(cells), generator=self.generator).numpy()
+                cells, position_in_blocks = cells[permutation], position_in_blocks[permutation]
+            # one gather from the blocks, in the order of the pass (float32, without stored zeros)
+            counts = sparse.vstack(blocks, format="csr", dtype=np.float32)[position_in_blocks]
+            if not counts.data.all():
+                counts.eliminate_zeros()
+            yield counts, cells
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return islice(self._pass(), len(self))
@@ -109,24 +117,22 @@ class StreamedMinibatches:
     def _pass(self) -> Iterator[dict[str, torch.Tensor]]:
         carried: tuple[sparse.csr_matrix, np.ndarray] | None = None
         for counts, cells in self._buffers():
-            if self.shuffle:
-                permutation = torch.randperm(len(cells), generator=self.generator).numpy()
-                counts, cells = counts[permutation], cells[permutation]
             if carried is not None:
                 counts = sparse.vstack([carried[0], counts], format="csr")
                 cells = np.concatenate([carried[1], cells])
             n_full = counts.shape[0] // self.batch_size * self.batch_size
-            if n_full:
-                yield from self._minibatches(counts[:n_full], cells[:n_full])
+            yield from self._minibatches(counts, cells, n_full)
             carried = (counts[n_full:], cells[n_full:]) if n_full < counts.shape[0] else None
         if carried is not None:
-            yield from self._minibatches(*carried)
+            yield from self._minibatches(*carried, carried[0].shape[0])
 
-    def _minibatches(self, counts: sparse.csr_matrix, cells: np.ndarray) -> Iterator[dict[str, torch.Tensor]]:
-        rows = CSRRows(counts)
-        for start in range(0, counts.shape[0], self.batch_size):
-            stop = min(start + self.batch_size, counts.shape[0])
-            tensors = {REGISTRY_KEYS.X_KEY: rows[torch.arange(start, stop)]}
+    def _minibatches(
+        self, counts: sparse.csr_matrix, cells: np.ndarray, n_rows: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """The first ``n_rows`` rows of ``counts`` in minibatches (slices of its arrays, not copies of them)."""
+        for start in range(0, n_rows, self.batch_size):
+            stop = min(start + self.batch_size, n_rows)
+            tensors = {REGISTRY_KEYS.X_KEY: csr_rows_tensor(counts, start, stop)}
             if self.batch_index is not None:
                 tensors[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.as_tensor(cells[start:stop])]
             yield tensors

@@ -121,12 +121,7 @@ def _gamma_terms(x: torch.Tensor, theta: torch.Tensor, wants_digamma: bool) -> t
     n = x + theta
     log_ratio = torch.log1p(x / theta)
     large_theta = theta >= _ASYMPTOTIC_FROM
-    stirling = (
-        (n - 0.5)
-        .mul_(log_ratio)
-        .add_(x * (theta.log() - 1.0))
-        .add_(_series_difference(_STIRLING, n, theta))
-    )
+    stirling = (n - 0.5).mul_(log_ratio).add_(x * (theta.log() - 1.0)).add_(_series_difference(_STIRLING, n, theta))
     direct = torch.lgamma(n).sub_(torch.lgamma(theta))
     log_gamma = torch.where(large_theta, stirling, direct).sub_(torch.lgamma(x + 1.0))
     if not wants_digamma:
