@@ -7,7 +7,7 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
 from scvi.dataloaders import DataSplitter
 
-from myvae.model._datamodule import CountsDataModule, CSRRows, in_memory_rows, split_indices
+from myvae.model._datamodule import CountsDataModule, CSRRows, csr_rows_tensor, in_memory_rows, split_indices
 
 
 @pytest.mark.parametrize("n_obs", [80, 97])
@@ -49,6 +49,18 @@ def test_csr_rows_gathers_rows_in_the_order_asked(small_adata):
     wanted = torch.tensor([5, 0, 79, 5, 41])
     np.testing.assert_array_equal(rows[wanted].to_dense().numpy(), small_adata.X[wanted.numpy()].toarray())
     assert rows[torch.tensor([], dtype=torch.long)].shape == (0, small_adata.n_vars)
+
+
+def test_a_row_range_becomes_a_tensor_that_shares_the_matrix_values(small_adata):
+    counts = small_adata.X.tocsr().astype(np.float32)
+    for start, stop in [(0, 80), (5, 17), (79, 80), (10, 10)]:
+        tensor = csr_rows_tensor(counts, start, stop)
+        assert tensor.shape == (stop - start, small_adata.n_vars) and tensor.crow_indices().dtype == torch.long
+        np.testing.assert_array_equal(tensor.to_dense().numpy(), counts[start:stop].toarray())
+    tensor = csr_rows_tensor(counts, 5, 17)
+    counts.data[counts.indptr[5]] += 1000.0  # a minibatch is a view of the buffer's values, not a copy
+    assert tensor.values()[0].item() == counts.data[counts.indptr[5]]
+    assert csr_rows_tensor(counts).shape == counts.shape
 
 
 def test_training_uses_every_cell_when_train_size_is_one(small_adata):

@@ -277,9 +277,9 @@ def test_sparse_and_dense_counts_give_the_same_result_including_empty_cells():
 @pytest.mark.parametrize(
     "counts",
     [
-        pytest.param([1.0, 2.0, 7.0, 14.0, 15.0, 300.0], id="whole counts (tables)"),
+        pytest.param([1.0, 2.0, 7.0, 15.0, 16.0, 300.0], id="whole counts (tables below 16, series above)"),
         pytest.param([0.5, 2.25, 7.0, 14.9, 15.5, 300.1], id="fractional counts"),
-        pytest.param([1.0, 2.0, 70_000.0, 14.0, 15.0, 300.0], id="counts beyond the table"),
+        pytest.param([1.0, 2.0, 70_000.0, 14.0, 15.0, 300.0], id="a count far beyond the tables"),
     ],
 )
 def test_every_path_for_the_count_terms_agrees_with_the_textbook_formula(counts):

@@ -41,10 +41,11 @@ def negative_binomial_log_prob(x: torch.Tensor, log_mu: torch.Tensor, log_theta:
 
     Written this way, the terms cancel in floating point once :math:`\theta` is large against the count and the
     mean (near-Poisson genes), and in single precision the result and its gradient in :math:`\log\theta` become
-    noise. This function evaluates the same quantity as a sum of terms that are each no larger than the result
-    (see ``_log_prob_at_counts``), so in float32 it stays within about :math:`10^{-4}` of the exact value
-    (relative to :math:`\max(1, |\log p|)`) for any :math:`\theta`, and so does its gradient. At :math:`x = 0`
-    the log-probability is :math:`-\theta\,\mathrm{softplus}(\log\mu - \log\theta)`; the count-dependent terms are
+    noise. This function evaluates the terms at the non-zero counts in double precision, with the log-gamma and
+    digamma differences taken from Stirling's series where :math:`\theta` is large (see ``_log_prob_at_counts``),
+    so in float32 it stays within about :math:`10^{-4}` of the exact value (relative to
+    :math:`\max(1, |\log p|)`) for any :math:`\theta`, and so does its gradient. At :math:`x = 0` the
+    log-probability is :math:`-\theta\,\mathrm{softplus}(\log\mu - \log\theta)`; the count-dependent terms are
     evaluated on the non-zero counts only, and the gradient is written out analytically.
 
     Parameters
