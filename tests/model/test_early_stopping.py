@@ -122,3 +122,20 @@ def test_an_out_of_range_min_improvement_is_refused_before_training(small_adata,
 def test_other_early_stopping_input_is_refused_before_training(small_adata, unchanged, kwargs, message):
     with unchanged(small_adata), pytest.raises(mv.InputError, match=message):
         mv.tl.myvae(small_adata, **kwargs, **fast_train_kwargs())
+
+
+def test_a_saved_model_keeps_which_epoch_it_was_restored_to(small_adata, tmp_path):
+    model, _ = _trained(small_adata, lr=0.05, early_stopping_patience=4)
+    assert model.restored_epoch_ is not None
+    model.save(tmp_path / "stopped", save_anndata=False)
+    loaded = mv.MyVAE.load(tmp_path / "stopped", adata=model.adata, accelerator="cpu")
+    assert loaded.restored_epoch_ == model.restored_epoch_
+    # a file written before myvae saved it (no such entry) loads with None, as does a model trained without stopping
+    path = tmp_path / "stopped" / "model.pt"
+    payload = torch.load(path, weights_only=True)
+    del payload["restored_epoch"]
+    torch.save(payload, path)
+    assert mv.MyVAE.load(tmp_path / "stopped", adata=model.adata, accelerator="cpu").restored_epoch_ is None
+    unstopped, _ = _trained(small_adata, early_stopping=False)
+    unstopped.save(tmp_path / "unstopped", save_anndata=False)
+    assert mv.MyVAE.load(tmp_path / "unstopped", adata=unstopped.adata, accelerator="cpu").restored_epoch_ is None

@@ -202,7 +202,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
         The arguments that shape the result, defaults filled in, are kept as ``training_settings_``
         (a :class:`~myvae.model.TrainingSettings`). With early stopping, the model ends with the weights of the
         epoch with the best held-out ELBO, and ``restored_epoch_`` says which (counting from 1; ``None`` without
-        early stopping, when the last epoch's weights are kept).
+        early stopping, when the last epoch's weights are kept); :meth:`save` and :meth:`load` keep it.
 
         Parameters
         ----------

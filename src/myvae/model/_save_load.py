@@ -102,6 +102,10 @@ def read_model_file(dir_path: str | Path, prefix: str | None = None) -> dict[str
     return payload
 
 
+def _optional_int(value: int | None) -> int | None:
+    return None if value is None else int(value)
+
+
 def _as_int_list(indices: Sequence[int] | None) -> list[int]:
     return [] if indices is None else [int(i) for i in indices]
 
@@ -124,6 +128,7 @@ def model_payload(model: MyVAE) -> dict[str, Any]:
             "batch_categories": model.batch_categories,
         },
         "is_trained": bool(model.is_trained_),
+        "restored_epoch": _optional_int(getattr(model, "restored_epoch_", None)),
         "history": history,
         "train_indices": _as_int_list(getattr(model, "train_indices_", None)),
         "validation_indices": _as_int_list(getattr(model, "validation_indices_", None)),
@@ -147,7 +152,8 @@ def restore_model(
 
     ``adata`` must have the model's genes in the model's order and, for a model trained with batches, the batch
     column (made categorical with the model's batches, in the model's order); it is registered with
-    :meth:`~myvae.MyVAE.setup_anndata`. Missing ``train_indices``/``validation_indices`` are left empty.
+    :meth:`~myvae.MyVAE.setup_anndata`. Missing ``train_indices``/``validation_indices`` are left empty, a missing
+    ``restored_epoch`` is ``None``.
     """
     setup = payload["setup"]
     batch_key = setup.get("batch_key")
@@ -161,6 +167,7 @@ def restore_model(
     model = cls(adata, **payload["init_params"])
     model.module.load_state_dict(payload["model_state_dict"])
     model.is_trained_ = payload["is_trained"]
+    model.restored_epoch_ = payload.get("restored_epoch")  # absent in records and in files of earlier versions
     model.history_ = {key: pd.DataFrame({key: values}) for key, values in payload["history"].items()}
     model.train_indices_ = np.asarray(payload.get("train_indices", []), dtype=int)
     model.validation_indices_ = np.asarray(payload.get("validation_indices", []), dtype=int)
