@@ -2,10 +2,11 @@ r"""Pieces of the negative-binomial log-probability and its analytic gradients.
 
 :mod:`myvae.module._likelihood` assembles the log-probability from these. At the zero counts (most of a single-cell
 matrix) it is :math:`-\theta \log(1 + \mu/\theta)`, in the precision of the model. At the non-zero counts it is
-evaluated in double precision, where the textbook formula no longer cancels: single precision would lose the value
-and its gradient in :math:`\log\theta` once :math:`\theta` is large against the count and the mean (near-Poisson
-genes). For whole counts and one :math:`\theta` per gene, the log-gamma and digamma differences come from small
-per-gene tables, so no ``lgamma`` or ``digamma`` is evaluated per count.
+evaluated in double precision, with the log-gamma and digamma differences written so that they do not cancel at a
+large :math:`\theta`: the textbook formula in single precision loses the value and its gradient in
+:math:`\log\theta` once :math:`\theta` is large against the count and the mean (near-Poisson genes). For whole
+counts below 16 and one :math:`\theta` per gene those differences come from small per-gene tables, so no
+``lgamma`` or ``digamma`` is evaluated per count.
 ``benchmarks/likelihood_speed.py`` compares the speed with the textbook formula in single precision, and
 ``tests/module/test_likelihood_precision.py`` the precision with a float64 reference.
 """
