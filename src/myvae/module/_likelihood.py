@@ -31,6 +31,10 @@ __all__ = [
 ]
 
 
+_LOG_RATIO_LIMIT = 80.0
+"""Above this bound on log(mu / theta) the fused likelihood hands over to the elementwise one (e^88 overflows)."""
+
+
 def negative_binomial_log_prob(x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
     r"""Elementwise log-probability of counts under a negative binomial given by its mean.
 
@@ -73,7 +77,8 @@ def negative_binomial_softmax_log_prob(
     equals ``negative_binomial_log_prob(x, log_library + log_softmax(logits), log_theta).sum(-1)``, with the same
     precision, but the softmax, the likelihood and their gradients are computed together, in fewer passes over the
     cells × genes arrays: the sums over genes are matrix-vector products, and the gradient in ``logits`` is formed
-    directly.
+    directly. It works with :math:`\mu/\theta`, which would overflow single precision for an inverse dispersion
+    below about :math:`e^{-80}` times the library size; such inputs take the elementwise path instead.
 
     Parameters
     ----------
@@ -90,6 +95,9 @@ def negative_binomial_softmax_log_prob(
     -------
     One log-probability per cell.
     """
+    if float(log_library.max()) - float(log_theta.min()) > _LOG_RATIO_LIMIT:  # mu / theta could overflow
+        log_mu = log_library + torch.log_softmax(logits, dim=-1)
+        return negative_binomial_log_prob(x.to_dense() if is_sparse_csr(x) else x, log_mu, log_theta).sum(dim=-1)
     wants_gradient = _wants_gradient(logits, log_theta)
     return _NegativeBinomialSoftmaxLogProb.apply(x, logits, log_library, log_theta, wants_gradient)
 
