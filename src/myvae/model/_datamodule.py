@@ -40,6 +40,7 @@ __all__ = [
     "CountsDataModule",
     "batch_codes",
     "csr_rows_tensor",
+    "float32_csr",
     "in_memory_rows",
     "process_share",
     "split_indices",
@@ -74,12 +75,9 @@ class CSRRows:
     """
 
     def __init__(self, counts: sparse.spmatrix | np.ndarray):
-        csr = sparse.csr_matrix(counts, dtype=np.float32)  # the caller's arrays where they are CSR float32 already
-        if not csr.data.all():  # stored zeros: dropped from a copy, as the arrays may be the caller's
-            csr = csr.copy()
-            csr.eliminate_zeros()
-        self.csr = csr
-        self.shape = csr.shape
+        # the caller's arrays where they are CSR float32 already, so stored zeros are dropped from a copy
+        self.csr = float32_csr(counts, owned=False)
+        self.shape = self.csr.shape
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
         """The given rows, in that order, as a sparse CSR tensor (with 64-bit indices).
@@ -88,6 +86,25 @@ class CSRRows:
         operations), into new arrays that the tensor then shares.
         """
         return csr_rows_tensor(self.csr[rows.numpy()])
+
+
+def float32_csr(counts: sparse.spmatrix | np.ndarray, *, owned: bool) -> sparse.csr_matrix:
+    """``counts`` as a float32 CSR matrix without stored zeros (the form minibatches are sliced from).
+
+    Parameters
+    ----------
+    counts
+        Cells × genes counts, a SciPy sparse matrix or a NumPy array.
+    owned
+        Whether the caller owns ``counts``' arrays: stored zeros are then dropped in place, else from a copy (a
+        float32 CSR matrix shares its arrays with the result).
+    """
+    csr = sparse.csr_matrix(counts, dtype=np.float32)
+    if not csr.data.all():
+        if not owned:
+            csr = csr.copy()
+        csr.eliminate_zeros()
+    return csr
 
 
 def csr_rows_tensor(matrix: sparse.csr_matrix, start: int = 0, stop: int | None = None) -> torch.Tensor:

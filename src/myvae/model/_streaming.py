@@ -23,7 +23,7 @@ from scvi import REGISTRY_KEYS
 from myvae._counts import DEFAULT_CHUNK_SIZE, RowChunks
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
-from myvae.model._datamodule import SPLIT_DOC, BaseCountsDataModule, csr_rows_tensor
+from myvae.model._datamodule import SPLIT_DOC, BaseCountsDataModule, csr_rows_tensor, float32_csr
 
 __all__ = ["StreamedMinibatches", "StreamingCountsDataModule", "streamed_rows"]
 
@@ -105,11 +105,8 @@ class StreamedMinibatches:
             if self.shuffle:
                 permutation = torch.randperm(len(cells), generator=self.generator).numpy()
                 cells, position_in_blocks = cells[permutation], position_in_blocks[permutation]
-            # one gather from the blocks, in the order of the pass (float32, without stored zeros)
-            counts = sparse.vstack(blocks, format="csr", dtype=np.float32)[position_in_blocks]
-            if not counts.data.all():
-                counts.eliminate_zeros()
-            yield counts, cells
+            # one gather from the blocks, in the order of the pass, into arrays of our own
+            yield float32_csr(sparse.vstack(blocks, format="csr")[position_in_blocks], owned=True), cells
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return islice(self._pass(), len(self))

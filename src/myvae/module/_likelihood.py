@@ -18,7 +18,6 @@ from ._nb_terms import (
     _log_prob_at_counts,
     _logits_gradient_of_means,
     _softmax,
-    _whole_counts,
     _zero_count_gap,
 )
 from ._sparse import is_sparse_csr, nonzero_entries, sums_per_row
@@ -127,13 +126,11 @@ class _NegativeBinomialLogProb(torch.autograd.Function):
         out = (softplus_u * theta).neg_()
         counts = x.expand(shape).reshape(-1)
         at = torch.nonzero(counts).squeeze(-1)  # the non-zero counts in the flattened arrays
-        x_at = counts.index_select(0, at)
-        per_gene = None
-        if log_theta.shape == shape[-1:] and _whole_counts(x_at):  # one inverse dispersion per gene
-            per_gene = (log_theta, at % log_theta.numel())
-        at_counts = _log_prob_at_counts(
-            x_at, _gather(log_mu, shape, at), _gather(log_theta, shape, at), per_gene, wants_gradient
-        )
+        x_at, log_mu_at = counts.index_select(0, at), _gather(log_mu, shape, at)
+        if log_theta.shape == shape[-1:]:  # one inverse dispersion per gene
+            at_counts = _log_prob_at_counts(x_at, log_mu_at, log_theta, at % log_theta.numel(), wants_gradient)
+        else:
+            at_counts = _log_prob_at_counts(x_at, log_mu_at, _gather(log_theta, shape, at), None, wants_gradient)
         out.view(-1).index_copy_(0, at, at_counts.log_prob)
         if wants_gradient:
             ctx.save_for_backward(u, softplus_u, log_mu, theta, at, at_counts.d_log_mu, at_counts.d_log_theta)
@@ -199,8 +196,7 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         )
         theta = log_theta.exp()
         ratio = torch.mul(rho, log_library.exp()).mul_(theta.reciprocal())  # mu / theta
-        per_gene = (log_theta, cols) if _whole_counts(counts) else None
-        at_counts = _log_prob_at_counts(counts, log_mu_at, log_theta.index_select(0, cols), per_gene, wants_gradient)
+        at_counts = _log_prob_at_counts(counts, log_mu_at, log_theta, cols, wants_gradient)
         # log(1 + mu / theta) at the zero counts, and minus the log-probability over theta at the others
         theta_at = theta.index_select(0, cols)
         terms = torch.log1p(ratio)

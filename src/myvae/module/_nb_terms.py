@@ -27,7 +27,6 @@ __all__ = [
     "_log_prob_at_counts",
     "_logits_gradient_of_means",
     "_softmax",
-    "_whole_counts",
     "_zero_count_gap",
 ]
 
@@ -151,7 +150,7 @@ def _log_prob_at_counts(
     x: torch.Tensor,
     log_mu: torch.Tensor,
     log_theta: torch.Tensor,
-    per_gene: tuple[torch.Tensor, torch.Tensor] | None,
+    genes: torch.Tensor | None,
     wants_gradient: bool,
 ) -> CountTerms:
     r"""Log-probability at non-zero counts and, if wanted, what its gradients need there, in double precision.
@@ -167,11 +166,13 @@ def _log_prob_at_counts(
 
     Parameters
     ----------
-    x, log_mu, log_theta
-        Counts, log means and log inverse dispersions of the non-zero counts, flattened.
-    per_gene
-        With whole counts and one inverse dispersion per gene: the genes' log inverse dispersions and the gene of
-        each count, so that tables serve all counts (see :func:`_gamma_terms_per_gene`); else ``None``.
+    x, log_mu
+        Counts and log means of the non-zero counts, flattened.
+    log_theta
+        Log inverse dispersion of each count, or of each gene when ``genes`` is given.
+    genes
+        The gene of each count, with one inverse dispersion per gene: whole counts then take their log-gamma and
+        digamma terms from per-gene tables (see :func:`_gamma_terms_per_gene`). ``None``: one per count.
     wants_gradient
         Whether to return the gradient parts too.
 
@@ -183,11 +184,14 @@ def _log_prob_at_counts(
     wide = _wide_dtype(log_mu.device)
     x, log_mu, log_theta = x.to(wide), log_mu.to(wide), log_theta.to(wide)
     theta = log_theta.exp()
-    if per_gene is None:
+    if genes is None:
         log_gamma, digamma = _gamma_terms(x, theta, wants_gradient)
     else:
-        gene_log_theta, cols = per_gene
-        log_gamma, digamma = _gamma_terms_per_gene(x, gene_log_theta.to(wide).exp(), cols, wants_gradient)
+        gene_theta, theta, log_theta = theta, theta.index_select(0, genes), log_theta.index_select(0, genes)
+        if _whole_counts(x):
+            log_gamma, digamma = _gamma_terms_per_gene(x, gene_theta, genes, wants_gradient)
+        else:
+            log_gamma, digamma = _gamma_terms(x, theta, wants_gradient)
     mu = log_mu.exp()
     log_ratio = torch.log1p(mu / theta)  # L
     log_prob = (log_mu - log_theta - log_ratio).mul_(x).add_(log_gamma).sub_(theta * log_ratio)

@@ -145,11 +145,11 @@ class _SparseLinear(torch.autograd.Function):
             entries_per_feature = torch.bincount(col_indices, minlength=ctx.n_features)
             offsets = torch.cumsum(entries_per_feature, 0) - entries_per_feature
             rows = _row_ids(crow_indices).index_select(0, by_feature)
-            weights = values.index_select(0, by_feature)
+            values_by_feature = values.index_select(0, by_feature)
             for k, (needed, grad_k) in enumerate(zip(weights_need, grads, strict=True)):
                 if needed:
                     grad_weights[k] = F.embedding_bag(
-                        rows, grad_k.contiguous(), offsets, mode="sum", per_sample_weights=weights
+                        rows, grad_k.contiguous(), offsets, mode="sum", per_sample_weights=values_by_feature
                     )
         grad_biases = [grad_k.sum(dim=0) if needed else None for needed, grad_k in zip(biases_need, grads, strict=True)]
         return None, None, None, None, *grad_weights, *grad_biases
