@@ -11,16 +11,18 @@ from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 from torch.nn import functional as F
 
+from . import _row_loops as row_loops
 from ._nb_terms import (
     _ZERO_COUNT_REFINE_ABOVE,
     _gather,
     _large_means,
     _log_prob_at_counts,
     _logits_gradient_of_means,
+    _shifted_exponentials,
     _softmax,
     _zero_count_gap,
 )
-from ._sparse import is_sparse_csr, nonzero_entries, sums_per_row
+from ._sparse import as_sparse_csr, is_sparse_csr, nonzero_entries, sums_per_row
 
 __all__ = [
     "NegativeBinomialMean",
@@ -32,6 +34,12 @@ __all__ = [
 
 _LOG_RATIO_LIMIT = 80.0
 """Above this bound on log(mu / theta) the fused likelihood hands over to the elementwise one (e^88 overflows)."""
+
+_ROW_LOOPS = True
+"""Whether the fused likelihood runs its passes over the genes as compiled loops on the CPU (``_row_loops``).
+
+Elsewhere (and with this off, as some tests do to check it) it runs them as torch operations, with the same formulas.
+"""
 
 
 def negative_binomial_log_prob(x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
@@ -98,6 +106,9 @@ def negative_binomial_softmax_log_prob(
         log_mu = log_library + torch.log_softmax(logits, dim=-1)
         return negative_binomial_log_prob(x.to_dense() if is_sparse_csr(x) else x, log_mu, log_theta).sum(dim=-1)
     wants_gradient = _wants_gradient(logits, log_theta)
+    if _ROW_LOOPS and row_loops.applies_to(logits, log_library, log_theta):
+        x = as_sparse_csr(x)
+        return _RowLoopsNegativeBinomialSoftmaxLogProb.apply(x, logits, log_library, log_theta, wants_gradient)
     return _NegativeBinomialSoftmaxLogProb.apply(x, logits, log_library, log_theta, wants_gradient)
 
 
@@ -240,6 +251,65 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
             grad_logits = _logits_gradient_of_means(p, q, rho, grad_library, grad * count_share_sum)
             grad_logits.view(-1).index_add_(0, at, count_share * grad.index_select(0, rows))
         return None, grad_logits, None, grad_log_theta, None
+
+
+class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
+    r""":class:`_NegativeBinomialSoftmaxLogProb` with its passes over the genes as compiled loops (CPU, CSR counts).
+
+    Torch takes the exponentials of the softmax, :math:`\log(1 + \mu/\theta)` and the terms at the non-zero
+    counts; :mod:`myvae.module._row_loops` normalises the softmax, reads and writes the non-zero counts' entries and
+    forms the sums and the gradients, one cell at a time.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        log_library: torch.Tensor,
+        log_theta: torch.Tensor,
+        wants_gradient: bool,
+    ) -> torch.Tensor:
+        crow, col, counts = x.crow_indices(), x.col_indices(), x.values()
+        logits, log_library = logits.contiguous(), log_library.reshape(-1).contiguous()
+        view = row_loops.numpy_view
+        rho, peak = _shifted_exponentials(logits)
+        theta = log_theta.exp()
+        ratio, log_mu_at = torch.empty_like(rho), logits.new_empty(counts.shape)
+        row_loops.normalise_rows(
+            view(rho), view(peak.reshape(-1)), view(log_library), view(theta.reciprocal()), view(crow), view(col),
+            view(logits), view(ratio), view(log_mu_at),
+        )  # fmt: skip
+        at_counts = _log_prob_at_counts(counts, log_mu_at, log_theta, col, wants_gradient)
+        terms = torch.log1p(ratio)  # at the zero counts; the loop writes the non-zero counts' over it
+        out, count_share_sum = logits.new_empty(logits.shape[:1]), logits.new_empty(logits.shape[:1])
+        d_log_theta_at, count_share = (
+            (at_counts.d_log_theta, at_counts.count_share) if wants_gradient else (log_mu_at[:0], log_mu_at[:0])
+        )
+        row_loops.count_terms_into_rows(
+            view(terms), view(theta), view(crow), view(col), view(at_counts.log_prob), view(d_log_theta_at),
+            view(count_share), view(out), view(count_share_sum),
+        )  # fmt: skip
+        if wants_gradient:
+            saved = (rho, ratio, terms, log_library, theta, crow, col, d_log_theta_at, count_share, count_share_sum)
+            ctx.save_for_backward(*saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, torch.Tensor | None, None]:
+        rho, ratio, log1p_ratio, log_library, theta, crow, col, d_log_theta_at, count_share, count_share_sum = (
+            ctx.saved_tensors
+        )  # log1p_ratio is only that at the zero counts; d_log_theta_at is over theta
+        view = row_loops.numpy_view
+        grad = grad.contiguous()
+        grad_logits, d_log_theta_over_theta = torch.empty_like(ratio), torch.empty_like(ratio)
+        row_loops.row_gradients(
+            view(ratio), view(log1p_ratio), view(rho), view(theta), view(crow), view(col), view(d_log_theta_at),
+            view(count_share), view(grad), view(log_library.exp()), view(count_share_sum), _ZERO_COUNT_REFINE_ABOVE,
+            view(grad_logits), view(d_log_theta_over_theta),
+        )  # fmt: skip
+        grad_log_theta = torch.mv(d_log_theta_over_theta.T, grad).mul_(theta) if ctx.needs_input_grad[3] else None
+        return None, grad_logits if ctx.needs_input_grad[1] else None, None, grad_log_theta, None
 
 
 class NegativeBinomialMean(TorchDistribution):

@@ -26,6 +26,7 @@ __all__ = [
     "_large_means",
     "_log_prob_at_counts",
     "_logits_gradient_of_means",
+    "_shifted_exponentials",
     "_softmax",
     "_zero_count_gap",
 ]
@@ -237,15 +238,20 @@ def _logits_gradient_of_means(
     return p.sub_(mean.unsqueeze(-1)).mul_(weight.unsqueeze(-1)).sub_(offset.unsqueeze(-1)).mul_(rho)
 
 
-def _softmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The softmax of each row and the log of its normaliser, :math:`\log\sum_g e^{f_g}`, as cells × 1.
+def _shifted_exponentials(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`e^{f - \max f}` in each row, and :math:`\max f` as cells × 1: the softmax before it is normalised.
 
     The exponentials are taken in base two (``exp2`` of :math:`(f - \max f)\log_2 e`), which torch evaluates several
     times faster than ``exp`` on the CPU, at a relative error of a few units of the last place times
     :math:`|f - \max f|`.
     """
     peak = logits.amax(dim=-1, keepdim=True)
-    rho = torch.add(peak * -_LOG2_E, logits, alpha=_LOG2_E).exp2_()
+    return torch.add(peak * -_LOG2_E, logits, alpha=_LOG2_E).exp2_(), peak
+
+
+def _softmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The softmax of each row and the log of its normaliser, :math:`\log\sum_g e^{f_g}`, as cells × 1."""
+    rho, peak = _shifted_exponentials(logits)
     total = rho.sum(dim=-1, keepdim=True)
     return rho.div_(total), total.log_().add_(peak)
 

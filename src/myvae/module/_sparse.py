@@ -7,17 +7,27 @@ it through :func:`nonzero_entries`, and the first layer of the encoder multiplie
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ["is_sparse_csr", "nonzero_entries", "row_sums", "sparse_linear", "sums_per_row"]
+__all__ = ["as_sparse_csr", "is_sparse_csr", "nonzero_entries", "row_sums", "sparse_linear", "sums_per_row"]
 
 
 def is_sparse_csr(x: torch.Tensor) -> bool:
     """Whether ``x`` is a sparse CSR tensor."""
     return x.layout == torch.sparse_csr
+
+
+def as_sparse_csr(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a sparse CSR tensor (itself if it is one), without torch's warning that the layout is in beta."""
+    if is_sparse_csr(x):
+        return x
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return x.to_sparse_csr()
 
 
 def _row_ids(crow_indices: torch.Tensor) -> torch.Tensor:
