@@ -86,6 +86,7 @@ def test_samples_have_the_nb_mean_and_variance(mu, theta):
     assert dist.variance.item() == pytest.approx(mu + mu**2 / theta, rel=1e-5)
 
 
+@pytest.mark.usefixtures("fused_likelihood_path")
 def test_per_cell_softmax_log_prob_equals_the_summed_elementwise_one():
     x, logits, log_library, log_theta = _softmax_inputs(30, 25, seed=2)
     elementwise = negative_binomial_log_prob(x, log_library + torch.log_softmax(logits, -1), log_theta).sum(-1)
@@ -98,6 +99,7 @@ def test_per_cell_softmax_log_prob_equals_the_summed_elementwise_one():
         torch.testing.assert_close(g, e)
 
 
+@pytest.mark.usefixtures("fused_likelihood_path")
 def test_per_cell_softmax_log_prob_gradient_matches_finite_differences():
     x, logits, log_library, log_theta = _softmax_inputs(6, 5, seed=3)
     assert torch.autograd.gradcheck(
@@ -105,6 +107,7 @@ def test_per_cell_softmax_log_prob_gradient_matches_finite_differences():
     )
 
 
+@pytest.mark.usefixtures("fused_likelihood_path")
 def test_softmax_distribution_scores_cells_like_the_mean_parametrised_one():
     x, logits, log_library, log_theta = _softmax_inputs(8, 6, seed=4)
     px = NegativeBinomialSoftmax(logits, log_library, log_theta)
@@ -123,3 +126,46 @@ def test_softmax_distribution_scores_cells_like_the_mean_parametrised_one():
     assert same.log_theta.shape == (6,) and same.log_library.shape == (8, 1)
     torch.testing.assert_close(same.to_event(1).log_prob(x), reference.log_prob(x).sum(-1))
     assert px.sample().shape == (8, 6)
+
+
+def _pbmc_minibatch_inputs(dtype: torch.dtype):
+    """512 PBMC 3k cells on their 1,000 most expressed genes, with decoder outputs as spread as a trained model's."""
+    import myvae as mv
+
+    counts = mv.datasets.pbmc3k().X
+    genes = np.argsort(-np.asarray(counts.sum(axis=0)).ravel())[:1000]
+    x = torch.as_tensor(counts[:512][:, genes].toarray(), dtype=dtype).to_sparse_csr()
+    generator = torch.Generator().manual_seed(5)
+    logits = (torch.randn(512, 1000, generator=generator) * 2.0).to(dtype).requires_grad_()
+    log_theta = (torch.randn(1000, generator=generator) * 1.5 + 1.0).to(dtype).requires_grad_()
+    log_library = torch.as_tensor(np.log(counts[:512].sum(axis=1)), dtype=dtype)
+    return x, logits, log_library, log_theta
+
+
+def test_row_loops_and_torch_operations_agree_on_real_counts(monkeypatch):
+    """The compiled row loops and the torch operations give the same value and gradients on a real minibatch."""
+    from myvae.module import _likelihood
+
+    x, logits, log_library, log_theta = _pbmc_minibatch_inputs(torch.float32)
+    assert int((x.values() >= 16).sum()) > 100  # counts beyond the per-gene tables, too
+    weights = torch.linspace(-1.0, -0.5, 512)  # a different upstream gradient per cell
+    results = {}
+    for row_loops in (True, False):
+        monkeypatch.setattr(_likelihood, "_ROW_LOOPS", row_loops)
+        value = negative_binomial_softmax_log_prob(x, logits, log_library, log_theta)
+        function = type(value.grad_fn).__name__
+        assert function.startswith("_RowLoops") == row_loops
+        results[row_loops] = (value, *torch.autograd.grad((value * weights).sum(), (logits, log_theta)))
+    for with_loops, with_torch in zip(results[True], results[False], strict=True):
+        scale = with_torch.abs().max()
+        # both in single precision: they may differ by a few of its roundings of the largest value
+        torch.testing.assert_close(with_loops / scale, with_torch / scale, rtol=0, atol=1e-5)
+
+
+def test_row_loops_apply_to_single_and_double_precision_on_the_cpu_only():
+    from myvae.module import _row_loops
+
+    assert _row_loops.applies_to(torch.zeros(2, 3), torch.zeros(2), torch.zeros(3))
+    assert _row_loops.applies_to(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2), torch.zeros(3))
+    assert not _row_loops.applies_to(torch.zeros(2, 3, dtype=torch.float16), torch.zeros(2), torch.zeros(3))
+    assert not _row_loops.applies_to(torch.zeros(2, 3, device="meta"), torch.zeros(2), torch.zeros(3))

@@ -131,6 +131,7 @@ def cells_of_count_and_mean():
 LOGITS_GRADIENT_TOLERANCE = 2e-3
 
 
+@pytest.mark.usefixtures("fused_likelihood_path")
 @pytest.mark.parametrize(
     ("layout", "wrt", "tolerance"),
     [
@@ -147,6 +148,7 @@ def test_float32_softmax_log_prob_and_gradients_match_the_float64_reference(layo
     assert errors[wrt[0]] < tolerance, errors
 
 
+@pytest.mark.usefixtures("fused_likelihood_path")
 def test_float32_softmax_gradients_where_one_gene_dominates_each_cell():
     """Every cell's genes span the means, so the largest takes most of the library; one cell per count."""
     n_genes = len(LOG_MU)
@@ -218,6 +220,7 @@ def test_gradcheck_of_the_elementwise_likelihood(log_theta_range):
     assert torch.autograd.gradcheck(lambda m, t: negative_binomial_log_prob(x, m, t), (log_mu, log_theta_full))
 
 
+@pytest.mark.usefixtures("fused_likelihood_path")
 @pytest.mark.parametrize("log_theta_range", [(-2.0, 2.0), (8.0, 20.0)])
 def test_gradcheck_of_the_softmax_likelihood(log_theta_range):
     generator = torch.Generator().manual_seed(1)
@@ -232,6 +235,7 @@ def test_gradcheck_of_the_softmax_likelihood(log_theta_range):
         )
 
 
+@pytest.mark.usefixtures("fused_likelihood_path")
 def test_zero_counts_with_large_means_keep_the_log_theta_gradient_precise():
     """A zero count where the mean exceeds 256 takes the refined path; its neighbours the direct one."""
     log_mu = torch.tensor([[9.0, 5.0, 5.6, 0.0]], dtype=torch.float64)  # 8103, 148, 270, 1
@@ -254,6 +258,7 @@ def test_zero_counts_with_large_means_keep_the_log_theta_gradient_precise():
         assert scaled_error(g, r) < 1e-5
 
 
+@pytest.mark.usefixtures("fused_likelihood_path")
 def test_sparse_and_dense_counts_give_the_same_result_including_empty_cells():
     generator = torch.Generator().manual_seed(2)
     x = torch.poisson(torch.rand(6, 30, generator=generator).pow(3) * 4)
@@ -274,6 +279,7 @@ def test_sparse_and_dense_counts_give_the_same_result_including_empty_cells():
     torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.usefixtures("fused_likelihood_path")
 @pytest.mark.parametrize(
     "counts",
     [
@@ -320,6 +326,7 @@ def test_agrees_with_the_textbook_formula_where_that_was_exact():
     assert np.isfinite(new[0].numpy()).all()
 
 
+@pytest.mark.usefixtures("fused_likelihood_path")
 def test_a_vanishing_inverse_dispersion_takes_the_elementwise_path_and_stays_finite():
     """mu / theta overflows float32 below theta ~ e^-88 * library; the fused likelihood hands such inputs over."""
     generator = torch.Generator().manual_seed(4)

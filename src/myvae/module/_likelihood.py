@@ -14,10 +14,12 @@ from torch.nn import functional as F
 from . import _row_loops as row_loops
 from ._nb_terms import (
     _ZERO_COUNT_REFINE_ABOVE,
+    _gamma_terms_beyond_tables,
     _gather,
     _large_means,
     _log_prob_at_counts,
     _logits_gradient_of_means,
+    _per_gene_tables,
     _shifted_exponentials,
     _softmax,
     _zero_count_gap,
@@ -253,6 +255,13 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         return None, grad_logits, None, grad_log_theta, None
 
 
+def _at_entries(where: torch.Tensor, values: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """``values`` placed at the entries ``where`` of an array of zeros like ``like`` (empty where there are none)."""
+    if values is None or not where.numel():
+        return values if values is None else like[:0]
+    return torch.zeros_like(like).index_copy_(0, where, values)
+
+
 class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
     r""":class:`_NegativeBinomialSoftmaxLogProb` with its passes over the genes as compiled loops (CPU, CSR counts).
 
@@ -275,20 +284,29 @@ class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         view = row_loops.numpy_view
         rho, peak = _shifted_exponentials(logits)
         theta = log_theta.exp()
-        ratio, log_mu_at = torch.empty_like(rho), logits.new_empty(counts.shape)
+        ratio = torch.empty_like(rho)
+        log_mu_at, log1p_ratio_at = (counts.new_empty(counts.shape, dtype=torch.float64) for _ in range(2))
         row_loops.normalise_rows(
-            view(rho), view(peak.reshape(-1)), view(log_library), view(theta.reciprocal()), view(crow), view(col),
-            view(logits), view(ratio), view(log_mu_at),
+            view(rho), view(peak.reshape(-1)), view(log_library), view(theta.reciprocal()), view(log_theta),
+            view(crow), view(col), view(logits), view(ratio), view(log_mu_at), view(log1p_ratio_at),
         )  # fmt: skip
-        at_counts = _log_prob_at_counts(counts, log_mu_at, log_theta, col, wants_gradient)
+        mu_at = log_mu_at.exp()
+        log1p_ratio_at.exp_().log1p_()  # from log(mu / theta)
+        # the log-gamma and digamma terms: from per-gene tables, or computed where the tables do not reach
+        theta_wide = log_theta.double().exp()
+        tables = _per_gene_tables(theta_wide, wants_gradient)
+        beyond, *beyond_terms = _gamma_terms_beyond_tables(counts.double(), theta_wide, col, wants_gradient)
+        beyond_terms = [_at_entries(beyond, terms, mu_at) for terms in beyond_terms]
         terms = torch.log1p(ratio)  # at the zero counts; the loop writes the non-zero counts' over it
         out, count_share_sum = logits.new_empty(logits.shape[:1]), logits.new_empty(logits.shape[:1])
-        d_log_theta_at, count_share = (
-            (at_counts.d_log_theta, at_counts.count_share) if wants_gradient else (log_mu_at[:0], log_mu_at[:0])
-        )
+        d_log_theta_at, count_share = (torch.empty_like(log_mu_at, dtype=logits.dtype) for _ in range(2))
+        none = mu_at[:0]
         row_loops.count_terms_into_rows(
-            view(terms), view(theta), view(crow), view(col), view(at_counts.log_prob), view(d_log_theta_at),
-            view(count_share), view(out), view(count_share_sum),
+            view(terms), view(theta), view(theta_wide), view(log_theta), view(crow), view(col), view(counts),
+            view(log_mu_at), view(mu_at), view(log1p_ratio_at), view(tables[0]),
+            view(none.view(0, tables[0].shape[1]) if tables[1] is None else tables[1]),
+            *(view(none if t is None else t) for t in beyond_terms), wants_gradient,
+            view(out), view(d_log_theta_at), view(count_share), view(count_share_sum),
         )  # fmt: skip
         if wants_gradient:
             saved = (rho, ratio, terms, log_library, theta, crow, col, d_log_theta_at, count_share, count_share_sum)

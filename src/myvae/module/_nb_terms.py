@@ -23,9 +23,11 @@ __all__ = [
     "CountTerms",
     "_ZERO_COUNT_REFINE_ABOVE",
     "_gather",
+    "_gamma_terms_beyond_tables",
     "_large_means",
     "_log_prob_at_counts",
     "_logits_gradient_of_means",
+    "_per_gene_tables",
     "_shifted_exponentials",
     "_softmax",
     "_zero_count_gap",
@@ -80,23 +82,45 @@ def _gamma_terms_per_gene(
     r""":func:`_gamma_terms` for whole counts and one inverse dispersion per gene.
 
     ``theta`` holds one inverse dispersion per gene and ``cols`` the gene of each count. Counts below 16 look the
-    terms up in per-gene tables of :math:`\sum_{i<k} \log(\theta + i) - \log k!` and
-    :math:`\sum_{i<k} 1/(\theta + i)`; the few larger ones (about 3% in PBMC 3k) take :func:`_gamma_terms`.
+    terms up in :func:`_per_gene_tables`; the few larger ones (about 3% in PBMC 3k) take :func:`_gamma_terms`.
     """
-    steps = torch.arange(_SMALL_COUNTS - 1, dtype=theta.dtype, device=theta.device)
-    shifted = theta.unsqueeze(-1) + steps  # theta + i, genes x (_SMALL_COUNTS - 1)
+    log_gamma_table, digamma_table = _per_gene_tables(theta, wants_digamma)
     at = cols * _SMALL_COUNTS + x.clamp(max=_SMALL_COUNTS - 1).long()
-    log_gamma_table = _cumulative_table(shifted.log()).sub_(_small_log_factorials(theta.dtype, theta.device))
     log_gamma = log_gamma_table.view(-1).index_select(0, at)
-    digamma = _cumulative_table(shifted.reciprocal_()).view(-1).index_select(0, at) if wants_digamma else None
-    large = torch.nonzero(x >= _SMALL_COUNTS).squeeze(-1)
+    digamma = digamma_table.view(-1).index_select(0, at) if wants_digamma else None
+    large, log_gamma_large, digamma_large = _gamma_terms_beyond_tables(x, theta, cols, wants_digamma)
     if large.numel():
-        x_large, theta_large = x.index_select(0, large), theta.index_select(0, cols.index_select(0, large))
-        log_gamma_large, digamma_large = _gamma_terms(x_large, theta_large, wants_digamma)
         log_gamma.index_copy_(0, large, log_gamma_large)
         if wants_digamma:
             digamma.index_copy_(0, large, digamma_large)
     return log_gamma, digamma
+
+
+def _per_gene_tables(theta: torch.Tensor, wants_digamma: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""The log-gamma and digamma terms of :func:`_gamma_terms` for each gene and each count below 16.
+
+    They are :math:`\sum_{i<k} \log(\theta + i) - \log k!` and :math:`\sum_{i<k} 1/(\theta + i)` for
+    :math:`k = 0, \dots, 15`, genes × 16.
+    """
+    steps = torch.arange(_SMALL_COUNTS - 1, dtype=theta.dtype, device=theta.device)
+    shifted = theta.unsqueeze(-1) + steps  # theta + i, genes x (_SMALL_COUNTS - 1)
+    log_gamma_table = _cumulative_table(shifted.log()).sub_(_small_log_factorials(theta.dtype, theta.device))
+    return log_gamma_table, _cumulative_table(shifted.reciprocal_()) if wants_digamma else None
+
+
+def _gamma_terms_beyond_tables(
+    x: torch.Tensor, theta: torch.Tensor, cols: torch.Tensor, wants_digamma: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The counts :func:`_per_gene_tables` do not hold (16 or more, or not whole): where, and their terms.
+
+    ``theta`` holds one inverse dispersion per gene and ``cols`` the gene of each count; the terms are those of
+    :func:`_gamma_terms`.
+    """
+    beyond = torch.nonzero((x >= _SMALL_COUNTS) | (x != x.floor())).squeeze(-1)
+    if not beyond.numel():
+        return beyond, x[:0], x[:0] if wants_digamma else None
+    x_beyond, theta_beyond = x.index_select(0, beyond), theta.index_select(0, cols.index_select(0, beyond))
+    return beyond, *_gamma_terms(x_beyond, theta_beyond, wants_digamma)
 
 
 def _cumulative_table(terms: torch.Tensor) -> torch.Tensor:

@@ -40,12 +40,15 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray:
 
 
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def normalise_rows(exps, peak, log_library, inverse_theta, crow, col, logits, ratio, log_mu_at):  # pragma: no cover
-    r"""Softmax and :math:`\mu/\theta` of each cell, and :math:`\log\mu` at its non-zero counts.
+def normalise_rows(
+    exps, peak, log_library, inverse_theta, log_theta, crow, col, logits, ratio, log_mu_at, log_ratio_at
+):  # pragma: no cover
+    r"""Softmax and :math:`\mu/\theta` of each cell, and :math:`\log\mu` and :math:`\log(\mu/\theta)` at its counts.
 
     ``exps`` holds :math:`2^{(f - \max f)\log_2 e}` and is overwritten by the softmax :math:`\rho`; ``peak`` is each
-    row's :math:`\max f`. Writes ``ratio`` (:math:`l\rho/\theta`) and ``log_mu_at`` (:math:`\log l + f -
-    \log\sum e^f` at each stored entry of the CSR counts ``crow``, ``col``).
+    row's :math:`\max f`. Writes ``ratio`` (:math:`l\rho/\theta`) and, at each stored entry of the CSR counts
+    (``crow``, ``col``), ``log_mu_at`` (:math:`\log l + f - \log\sum e^f`) and ``log_ratio_at`` (that minus
+    :math:`\log\theta`), in double precision.
     """
     n_cells, n_genes = exps.shape
     for cell in numba.prange(n_cells):
@@ -58,37 +61,74 @@ def normalise_rows(exps, peak, log_library, inverse_theta, crow, col, logits, ra
             rho = exps[cell, gene] * scale
             exps[cell, gene] = rho
             ratio[cell, gene] = rho * library * inverse_theta[gene]
-        shift = log_library[cell] - (math.log(total) + peak[cell])
+        shift = np.float64(log_library[cell]) - (math.log(total) + np.float64(peak[cell]))
         for entry in range(crow[cell], crow[cell + 1]):
-            log_mu_at[entry] = logits[cell, col[entry]] + shift
+            gene = col[entry]
+            log_mu = np.float64(logits[cell, gene]) + shift
+            log_mu_at[entry] = log_mu
+            log_ratio_at[entry] = log_mu - np.float64(log_theta[gene])
 
 
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def count_terms_into_rows(
-    terms, theta, crow, col, log_prob_at, d_log_theta_at, count_share_at, log_prob, count_share_sum
+    terms,
+    theta,
+    theta_wide,
+    log_theta,
+    crow,
+    col,
+    counts,
+    log_mu_at,
+    mu_at,
+    log1p_ratio_at,
+    log_gamma_table,
+    digamma_table,
+    log_gamma_beyond,
+    digamma_beyond,
+    wants_gradient,
+    log_prob,
+    d_log_theta_over_theta_at,
+    count_share_at,
+    count_share_sum,
 ):  # pragma: no cover
     r"""Each cell's log-probability, from :math:`\log(1 + \mu/\theta)` at every gene and the terms at its counts.
 
-    ``terms`` holds :math:`\log(1 + \mu/\theta)`; at the non-zero counts it is overwritten by
-    :math:`-\log p / \theta`, and ``log_prob`` receives :math:`-\sum_g \theta_g\,\mathrm{terms}_g`. With gradients
-    (``d_log_theta_at`` not empty), ``d_log_theta_at`` is divided by :math:`\theta` in place and
-    ``count_share_sum`` receives the sum of ``count_share_at`` over each cell's counts.
+    The terms at a non-zero count :math:`x` are those of ``_log_prob_at_counts``, in double precision:
+    :math:`\log p = G + x(\log\mu - \log\theta - L) - \theta L` with :math:`L = \log(1 + \mu/\theta)`
+    (``log1p_ratio_at``) and the log-gamma terms :math:`G` from the per-gene tables (whole counts below the tables'
+    width) or from ``log_gamma_beyond`` (the others; likewise the digamma terms). ``terms`` holds :math:`L` at every
+    gene in the model's precision (as does ``theta``; ``theta_wide`` is :math:`\theta` in double precision); at the
+    counts it is overwritten by :math:`-\log p / \theta`, and ``log_prob`` receives
+    :math:`-\sum_g \theta_g\,\mathrm{terms}_g`. With gradients: the derivative of :math:`\log p` in
+    :math:`\log\theta`, over :math:`\theta`, at each count; :math:`a = x\theta/(\theta + \mu)` at each count, and
+    its sum over each cell's counts.
     """
     n_cells, n_genes = terms.shape
-    wants_gradient = d_log_theta_at.size > 0
+    table_width = log_gamma_table.shape[1]
     for cell in numba.prange(n_cells):
-        share = 0.0
+        share_sum = 0.0
         for entry in range(crow[cell], crow[cell + 1]):
             gene = col[entry]
-            terms[cell, gene] = -log_prob_at[entry] / theta[gene]
+            x = np.float64(counts[entry])
+            log_ratio = log1p_ratio_at[entry]
+            whole = int(x)
+            in_table = x < table_width and x == whole
+            log_gamma = log_gamma_table[gene, whole] if in_table else log_gamma_beyond[entry]
+            value = x * (log_mu_at[entry] - np.float64(log_theta[gene]) - log_ratio) + log_gamma
+            value -= theta_wide[gene] * log_ratio
+            terms[cell, gene] = -value / theta_wide[gene]
             if wants_gradient:
-                d_log_theta_at[entry] /= theta[gene]
-                share += count_share_at[entry]
+                digamma = digamma_table[gene, whole] if in_table else digamma_beyond[entry]
+                theta_share = theta_wide[gene] / (theta_wide[gene] + mu_at[entry])
+                d_log_mu = (x - mu_at[entry]) * theta_share
+                d_log_theta_over_theta_at[entry] = digamma - log_ratio - d_log_mu / theta_wide[gene]
+                count_share_at[entry] = theta_share * x
+                share_sum += theta_share * x
         total = 0.0
         for gene in range(n_genes):
             total += theta[gene] * terms[cell, gene]
         log_prob[cell] = -total
-        count_share_sum[cell] = share
+        count_share_sum[cell] = share_sum
 
 
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
@@ -122,14 +162,14 @@ def row_gradients(
     one = ratio.dtype.type(1.0)
     for cell in numba.prange(n_cells):
         mean = 0.0
-        largest_mean = ratio.dtype.type(0.0)
+        n_large_means = 0  # a count, not a maximum, so that the loop vectorises
         for gene in range(n_genes):
             r = ratio[cell, gene]
             p = r / (one + r)
             grad_logits[cell, gene] = p
             d_log_theta_over_theta[cell, gene] = p - log1p_ratio[cell, gene]
             mean += rho[cell, gene] * p
-            largest_mean = max(largest_mean, r * theta[gene])
+            n_large_means += r * theta[gene] > refine_above
         weight = grad[cell] * library[cell]
         if mean > 0.5:  # p near one: p - mean p = -(q - mean q), without cancellation
             mean = 0.0
@@ -141,7 +181,7 @@ def row_gradients(
         offset = grad[cell] * count_share_sum[cell]
         for gene in range(n_genes):
             grad_logits[cell, gene] = rho[cell, gene] * (weight * (grad_logits[cell, gene] - mean) - offset)
-        if largest_mean > refine_above:
+        if n_large_means:
             for gene in range(n_genes):
                 if ratio[cell, gene] * theta[gene] > refine_above:
                     r_wide = np.float64(ratio[cell, gene])  # (float() would keep single precision)
