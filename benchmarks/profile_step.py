@@ -69,7 +69,10 @@ def profile_step(batch_size: int, steps: int = 20) -> tuple[float, dict[str, flo
 
     parts = {
         "fused NB likelihood with softmax, forward and backward": total_ms(
-            "_NegativeBinomialSoftmaxLogProb", "_NegativeBinomialSoftmaxLogProbBackward"
+            "_RowLoopsNegativeBinomialSoftmaxLogProb",  # on the CPU
+            "_RowLoopsNegativeBinomialSoftmaxLogProbBackward",
+            "_NegativeBinomialSoftmaxLogProb",  # elsewhere
+            "_NegativeBinomialSoftmaxLogProbBackward",
         ),
         "sparse first encoder layer (embedding_bag), forward and backward": total_ms(
             "_SparseLinear", "_SparseLinearBackward"

@@ -63,3 +63,34 @@ def test_epoch_totals_weight_each_minibatch_by_its_cells():
     assert means == pytest.approx({"reconstruction_loss": 2.0, "kl_local": 0.7, "elbo": 2.7})
     totals.reset()
     assert totals.n_obs == 0 and float(totals.sums["kl_local"]) == 0.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_training_on_the_cpu_loads_the_row_loops_before_the_first_step(small_adata, monkeypatch, backend):
+    """The likelihood's compiled loops are loaded before training starts, not in its first step."""
+    from lightning.pytorch.callbacks import Callback
+
+    from myvae.module import _likelihood
+
+    events = []
+    monkeypatch.setattr(_likelihood, "load_row_loops", lambda: events.append("loaded"))
+
+    class FirstStep(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            events.append("step")
+
+    kwargs = fast_train_kwargs(max_epochs=1)
+    mv.tl.myvae(small_adata, backend=backend, callbacks=[FirstStep()], **kwargs)
+    assert events[:2] == ["loaded", "step"] and events.count("loaded") == 1
+    events.clear()
+    monkeypatch.setattr(_likelihood, "_ROW_LOOPS", False)  # without them there is nothing to load
+    mv.tl.myvae(small_adata, backend=backend, callbacks=[FirstStep()], **kwargs)
+    assert "loaded" not in events and "step" in events
+
+
+def test_loading_the_row_loops_compiles_what_training_runs():
+    from myvae.module import _likelihood, _row_loops
+
+    _likelihood.load_row_loops()
+    for loop in (_row_loops.normalise_rows, _row_loops.count_terms_into_rows, _row_loops.row_gradients):
+        assert any("float32" in str(signature) for signature in loop.signatures)

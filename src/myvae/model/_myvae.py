@@ -48,6 +48,7 @@ from ._early_stopping import PlateauStopping, check_early_stopping
 from ._guards import interrupts_stay_interrupts
 from ._posterior import PosteriorMixin
 from ._quiet import quiet_training_logs
+from ._row_loops_warm_up import LoadRowLoops
 from ._save_load import SaveLoadMixin
 from ._streaming import StreamingCountsDataModule
 
@@ -277,7 +278,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
                 devices=settings.devices,
                 early_stopping=False,  # the rule of PlateauStopping instead
                 enable_progress_bar=progress,
-                callbacks=[*stopping, *(callbacks or [])],
+                callbacks=[LoadRowLoops(), *stopping, *(callbacks or [])],
                 **{"check_val_every_n_epoch": 1, **settings.trainer_kwargs},
             )
             runner()

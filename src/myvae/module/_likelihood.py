@@ -114,6 +114,17 @@ def negative_binomial_softmax_log_prob(
     return _NegativeBinomialSoftmaxLogProb.apply(x, logits, log_library, log_theta, wants_gradient)
 
 
+def load_row_loops() -> None:
+    """Load the compiled row loops for single precision now (compiling them if they are not cached yet).
+
+    A process's first call of a Numba-compiled function initialises Numba (about 0.1 s here); the model's training
+    calls this before its first epoch, so that the cost falls outside the epochs and is paid once per process.
+    """
+    x = as_sparse_csr(torch.tensor([[1.0, 0.0, 20.0], [0.0, 2.5, 0.0]]))  # each kind of count the loops look up
+    logits, log_theta = torch.zeros(2, 3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    negative_binomial_softmax_log_prob(x, logits, torch.zeros(2, 1), log_theta).sum().backward()
+
+
 def _wants_gradient(*tensors: torch.Tensor) -> bool:
     """Whether a backward pass may follow, so that the forward pass should keep what it needs."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
