@@ -169,3 +169,14 @@ def test_row_loops_apply_to_single_and_double_precision_on_the_cpu_only():
     assert _row_loops.applies_to(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2), torch.zeros(3))
     assert not _row_loops.applies_to(torch.zeros(2, 3, dtype=torch.float16), torch.zeros(2), torch.zeros(3))
     assert not _row_loops.applies_to(torch.zeros(2, 3, device="meta"), torch.zeros(2), torch.zeros(3))
+
+
+@pytest.mark.usefixtures("fused_likelihood_path")
+def test_the_fused_likelihood_warns_about_nothing():
+    """Nothing it does on the way (its overflow guard, dense counts made sparse) reaches the user as a warning."""
+    import warnings
+
+    x, logits, log_library, log_theta = _softmax_inputs(5, 4, seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        negative_binomial_softmax_log_prob(x, logits, log_library.requires_grad_(), log_theta).sum().backward()

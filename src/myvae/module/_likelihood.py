@@ -104,7 +104,7 @@ def negative_binomial_softmax_log_prob(
     -------
     One log-probability per cell.
     """
-    if float(log_library.max()) - float(log_theta.min()) > _LOG_RATIO_LIMIT:  # mu / theta could overflow
+    if float(log_library.detach().max()) - float(log_theta.detach().min()) > _LOG_RATIO_LIMIT:  # mu / theta could overflow
         log_mu = log_library + torch.log_softmax(logits, dim=-1)
         return negative_binomial_log_prob(x.to_dense() if is_sparse_csr(x) else x, log_mu, log_theta).sum(dim=-1)
     wants_gradient = _wants_gradient(logits, log_theta)
