@@ -104,7 +104,9 @@ def negative_binomial_softmax_log_prob(
     -------
     One log-probability per cell.
     """
-    if float(log_library.detach().max()) - float(log_theta.detach().min()) > _LOG_RATIO_LIMIT:  # mu / theta could overflow
+    if (
+        float(log_library.detach().max()) - float(log_theta.detach().min()) > _LOG_RATIO_LIMIT
+    ):  # mu / theta could overflow
         log_mu = log_library + torch.log_softmax(logits, dim=-1)
         return negative_binomial_log_prob(x.to_dense() if is_sparse_csr(x) else x, log_mu, log_theta).sum(dim=-1)
     wants_gradient = _wants_gradient(logits, log_theta)
@@ -295,10 +297,11 @@ class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         view = row_loops.numpy_view
         rho, peak = _shifted_exponentials(logits)
         theta = log_theta.exp()
+        inverse_theta = theta.reciprocal()
         ratio = torch.empty_like(rho)
         log_mu_at, log1p_ratio_at = (counts.new_empty(counts.shape, dtype=torch.float64) for _ in range(2))
         row_loops.normalise_rows(
-            view(rho), view(peak.reshape(-1)), view(log_library), view(theta.reciprocal()), view(log_theta),
+            view(rho), view(peak.reshape(-1)), view(log_library), view(inverse_theta), view(log_theta),
             view(crow), view(col), view(logits), view(ratio), view(log_mu_at), view(log1p_ratio_at),
         )  # fmt: skip
         mu_at = log_mu_at.exp()
@@ -308,36 +311,34 @@ class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         tables = _per_gene_tables(theta_wide, wants_gradient)
         beyond, *beyond_terms = _gamma_terms_beyond_tables(counts.double(), theta_wide, col, wants_gradient)
         beyond_terms = [_at_entries(beyond, terms, mu_at) for terms in beyond_terms]
-        terms = torch.log1p(ratio)  # at the zero counts; the loop writes the non-zero counts' over it
+        log1p_ratio = ratio.log1p_()  # at every gene; the backward pass forms mu / theta again from rho
         out, count_share_sum = logits.new_empty(logits.shape[:1]), logits.new_empty(logits.shape[:1])
         d_log_theta_at, count_share = (torch.empty_like(log_mu_at, dtype=logits.dtype) for _ in range(2))
         none = mu_at[:0]
         row_loops.count_terms_into_rows(
-            view(terms), view(theta), view(theta_wide), view(log_theta), view(crow), view(col), view(counts),
+            view(log1p_ratio), view(theta), view(theta_wide), view(log_theta), view(crow), view(col), view(counts),
             view(log_mu_at), view(mu_at), view(log1p_ratio_at), view(tables[0]),
             view(none.view(0, tables[0].shape[1]) if tables[1] is None else tables[1]),
             *(view(none if t is None else t) for t in beyond_terms), wants_gradient,
             view(out), view(d_log_theta_at), view(count_share), view(count_share_sum),
         )  # fmt: skip
         if wants_gradient:
-            saved = (rho, ratio, terms, log_library, theta, crow, col, d_log_theta_at, count_share, count_share_sum)
-            ctx.save_for_backward(*saved)
+            saved = (rho, log1p_ratio, log_library, inverse_theta, theta, crow, col)
+            ctx.save_for_backward(*saved, d_log_theta_at, count_share, count_share_sum)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, torch.Tensor | None, None]:
-        rho, ratio, log1p_ratio, log_library, theta, crow, col, d_log_theta_at, count_share, count_share_sum = (
-            ctx.saved_tensors
-        )  # log1p_ratio is only that at the zero counts; d_log_theta_at is over theta
+        rho, log1p_ratio, log_library, inverse_theta, theta, crow, col, *at_counts, count_share_sum = ctx.saved_tensors
         view = row_loops.numpy_view
-        grad = grad.contiguous()
-        grad_logits, d_log_theta_over_theta = torch.empty_like(ratio), torch.empty_like(ratio)
+        grad_logits = torch.empty_like(rho)
+        grad_log_theta = torch.zeros(theta.shape, dtype=torch.float64)  # over theta, until multiplied below
         row_loops.row_gradients(
-            view(ratio), view(log1p_ratio), view(rho), view(theta), view(crow), view(col), view(d_log_theta_at),
-            view(count_share), view(grad), view(log_library.exp()), view(count_share_sum), _ZERO_COUNT_REFINE_ABOVE,
-            view(grad_logits), view(d_log_theta_over_theta),
+            view(rho), view(log1p_ratio), view(log_library), view(inverse_theta), view(theta), view(crow), view(col),
+            *(view(t) for t in at_counts), view(grad.contiguous()), view(count_share_sum), _ZERO_COUNT_REFINE_ABOVE,
+            view(grad_logits), view(grad_log_theta),
         )  # fmt: skip
-        grad_log_theta = torch.mv(d_log_theta_over_theta.T, grad).mul_(theta) if ctx.needs_input_grad[3] else None
+        grad_log_theta = grad_log_theta.mul_(theta).to(theta.dtype) if ctx.needs_input_grad[3] else None
         return None, grad_logits if ctx.needs_input_grad[1] else None, None, grad_log_theta, None
 
 

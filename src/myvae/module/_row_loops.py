@@ -39,6 +39,12 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().numpy()
 
 
+@numba.njit(cache=True, inline="always")
+def _library(log_library, cell, dtype):  # pragma: no cover
+    """Cell ``cell``'s library size in the dtype of the cells × genes arrays (the same value in every loop)."""
+    return dtype.type(math.exp(log_library[cell]))
+
+
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def normalise_rows(
     exps, peak, log_library, inverse_theta, log_theta, crow, col, logits, ratio, log_mu_at, log_ratio_at
@@ -56,7 +62,7 @@ def normalise_rows(
         for gene in range(n_genes):
             total += exps[cell, gene]
         scale = exps.dtype.type(1.0 / total)
-        library = exps.dtype.type(math.exp(log_library[cell]))
+        library = _library(log_library, cell, exps.dtype)
         for gene in range(n_genes):
             rho = exps[cell, gene] * scale
             exps[cell, gene] = rho
@@ -71,7 +77,7 @@ def normalise_rows(
 
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def count_terms_into_rows(
-    terms,
+    log1p_ratio,
     theta,
     theta_wide,
     log_theta,
@@ -91,32 +97,36 @@ def count_terms_into_rows(
     count_share_at,
     count_share_sum,
 ):  # pragma: no cover
-    r"""Each cell's log-probability, from :math:`\log(1 + \mu/\theta)` at every gene and the terms at its counts.
+    r"""Each cell's log-probability: :math:`-\theta L` summed over its zero counts plus :math:`\log p` at the others.
 
-    The terms at a non-zero count :math:`x` are those of ``_log_prob_at_counts``, in double precision:
-    :math:`\log p = G + x(\log\mu - \log\theta - L) - \theta L` with :math:`L = \log(1 + \mu/\theta)`
-    (``log1p_ratio_at``) and the log-gamma terms :math:`G` from the per-gene tables (whole counts below the tables'
-    width) or from ``log_gamma_beyond`` (the others; likewise the digamma terms). ``terms`` holds :math:`L` at every
-    gene in the model's precision (as does ``theta``; ``theta_wide`` is :math:`\theta` in double precision); at the
-    counts it is overwritten by :math:`-\log p / \theta`, and ``log_prob`` receives
-    :math:`-\sum_g \theta_g\,\mathrm{terms}_g`. With gradients: the derivative of :math:`\log p` in
-    :math:`\log\theta`, over :math:`\theta`, at each count; :math:`a = x\theta/(\theta + \mu)` at each count, and
-    its sum over each cell's counts.
+    ``log1p_ratio`` holds :math:`L = \log(1 + \mu/\theta)` at every gene, and ``theta`` :math:`\theta`, in the
+    model's precision; their products are exact in double precision, so the sum over all genes less those at the
+    non-zero counts is the sum over the zero counts. The terms at a non-zero count :math:`x` are those of
+    ``_log_prob_at_counts``, in double precision: :math:`\log p = G + x(\log\mu - \log\theta - L) - \theta L`
+    with :math:`L` from ``log1p_ratio_at``, :math:`\theta` from ``theta_wide`` and the log-gamma terms :math:`G` from
+    the per-gene tables (whole counts below the tables' width) or from ``log_gamma_beyond`` (the others; likewise
+    the digamma terms). With gradients: the derivative of :math:`\log p` in :math:`\log\theta`, over
+    :math:`\theta`, at each count; :math:`a = x\theta/(\theta + \mu)` at each count, and its sum over each cell's
+    counts.
     """
-    n_cells, n_genes = terms.shape
+    n_cells, n_genes = log1p_ratio.shape
     table_width = log_gamma_table.shape[1]
     for cell in numba.prange(n_cells):
+        zero_counts = 0.0
+        for gene in range(n_genes):
+            zero_counts += np.float64(theta[gene]) * np.float64(log1p_ratio[cell, gene])
+        total = 0.0
         share_sum = 0.0
         for entry in range(crow[cell], crow[cell + 1]):
             gene = col[entry]
+            zero_counts -= np.float64(theta[gene]) * np.float64(log1p_ratio[cell, gene])
             x = np.float64(counts[entry])
             log_ratio = log1p_ratio_at[entry]
             whole = int(x)
             in_table = x < table_width and x == whole
             log_gamma = log_gamma_table[gene, whole] if in_table else log_gamma_beyond[entry]
-            value = x * (log_mu_at[entry] - np.float64(log_theta[gene]) - log_ratio) + log_gamma
-            value -= theta_wide[gene] * log_ratio
-            terms[cell, gene] = -value / theta_wide[gene]
+            total += x * (log_mu_at[entry] - np.float64(log_theta[gene]) - log_ratio) + log_gamma
+            total -= theta_wide[gene] * log_ratio
             if wants_gradient:
                 digamma = digamma_table[gene, whole] if in_table else digamma_beyond[entry]
                 theta_share = theta_wide[gene] / (theta_wide[gene] + mu_at[entry])
@@ -124,69 +134,98 @@ def count_terms_into_rows(
                 d_log_theta_over_theta_at[entry] = digamma - log_ratio - d_log_mu / theta_wide[gene]
                 count_share_at[entry] = theta_share * x
                 share_sum += theta_share * x
-        total = 0.0
-        for gene in range(n_genes):
-            total += theta[gene] * terms[cell, gene]
-        log_prob[cell] = -total
+        log_prob[cell] = total - zero_counts
         count_share_sum[cell] = share_sum
+
+
+_CELLS_PER_CHUNK = 32
+"""The backward pass sums the derivative in log theta over chunks of this many cells, then over the chunks in order:
+the same order of summation on any number of threads."""
 
 
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def row_gradients(
-    ratio,
-    log1p_ratio,
     rho,
+    log1p_ratio,
+    log_library,
+    inverse_theta,
     theta,
     crow,
     col,
     d_log_theta_over_theta_at,
     count_share_at,
     grad,
-    library,
     count_share_sum,
     refine_above,
     grad_logits,
-    d_log_theta_over_theta,
+    grad_log_theta_over_theta,
 ):  # pragma: no cover
-    r"""The gradient in the logits, and the derivative in :math:`\log\theta` over :math:`\theta` at every entry.
+    r"""The gradient in the logits, and in :math:`\log\theta` over :math:`\theta`, summed over the cells.
 
-    The same formulas as the torch path of the fused likelihood: with :math:`r = \mu/\theta`, :math:`p = r/(1+r)`,
-    :math:`q = 1/(1+r)`, :math:`w = g\,l` and :math:`c = g \sum_h a_h` per cell (``grad`` :math:`g`), the gradient
-    is :math:`\rho(w(p - \sum_h\rho_h p_h) - c)` plus :math:`g\,a` at the counts; in cells where
+    The same formulas as the torch path of the fused likelihood: with :math:`r = \mu/\theta` (formed again from
+    ``rho`` exactly as in :func:`normalise_rows`), :math:`p = r/(1+r)`, :math:`q = 1/(1+r)`, :math:`w = g\,l` and
+    :math:`c = g \sum_h a_h` per cell (``grad`` :math:`g`), the gradient in the logits is
+    :math:`\rho(w(p - \sum_h\rho_h p_h) - c)` plus :math:`g\,a` at the counts; in cells where
     :math:`\sum_h\rho_h p_h > 1/2` the difference is formed from :math:`q` (see ``_logits_gradient_of_means``).
     The derivative in :math:`\log\theta` over :math:`\theta` is :math:`p - \log(1 + r)` at zero counts (in double
     precision where :math:`\mu` exceeds ``refine_above``, see ``_zero_count_gap``) and
-    ``d_log_theta_over_theta_at`` at the counts.
+    ``d_log_theta_over_theta_at`` at the counts; ``grad_log_theta_over_theta`` receives its sum over the cells,
+    weighted by :math:`g`.
     """
-    n_cells, n_genes = ratio.shape
-    one = ratio.dtype.type(1.0)
-    for cell in numba.prange(n_cells):
-        mean = 0.0
-        n_large_means = 0  # a count, not a maximum, so that the loop vectorises
-        for gene in range(n_genes):
-            r = ratio[cell, gene]
-            p = r / (one + r)
-            grad_logits[cell, gene] = p
-            d_log_theta_over_theta[cell, gene] = p - log1p_ratio[cell, gene]
-            mean += rho[cell, gene] * p
-            n_large_means += r * theta[gene] > refine_above
-        weight = grad[cell] * library[cell]
-        if mean > 0.5:  # p near one: p - mean p = -(q - mean q), without cancellation
+    n_cells, n_genes = rho.shape
+    one = rho.dtype.type(1.0)
+    n_chunks = (n_cells + _CELLS_PER_CHUNK - 1) // _CELLS_PER_CHUNK
+    chunk_sums = np.zeros((n_chunks, n_genes))
+    for chunk in numba.prange(n_chunks):
+        sums = chunk_sums[chunk]
+        for cell in range(chunk * _CELLS_PER_CHUNK, min(n_cells, (chunk + 1) * _CELLS_PER_CHUNK)):
+            library = _library(log_library, cell, rho.dtype)
+            weight_of_cell = np.float64(grad[cell])
             mean = 0.0
+            n_large_means = 0  # a count, not a maximum, so that the loop vectorises
             for gene in range(n_genes):
-                q = one / (one + ratio[cell, gene])
-                grad_logits[cell, gene] = q
-                mean += rho[cell, gene] * q
-            weight = -weight
-        offset = grad[cell] * count_share_sum[cell]
+                r = rho[cell, gene] * library * inverse_theta[gene]
+                p = r / (one + r)
+                grad_logits[cell, gene] = p
+                sums[gene] += weight_of_cell * np.float64(p - log1p_ratio[cell, gene])
+                mean += rho[cell, gene] * p
+                n_large_means += r * theta[gene] > refine_above
+            weight = grad[cell] * library
+            if mean > 0.5:  # p near one: p - mean p = -(q - mean q), without cancellation
+                mean = 0.0
+                for gene in range(n_genes):
+                    q = one / (one + rho[cell, gene] * library * inverse_theta[gene])
+                    grad_logits[cell, gene] = q
+                    mean += rho[cell, gene] * q
+                weight = -weight
+            offset = grad[cell] * count_share_sum[cell]
+            for gene in range(n_genes):
+                grad_logits[cell, gene] = rho[cell, gene] * (weight * (grad_logits[cell, gene] - mean) - offset)
+            for entry in range(crow[cell], crow[cell + 1]):
+                grad_logits[cell, col[entry]] += count_share_at[entry] * grad[cell]
+            # the derivative in log theta: the direct difference was added above; where it is not the right one
+            # (a large mean, or a non-zero count), add the right one and take the direct one back
+            if n_large_means:
+                for gene in range(n_genes):
+                    r = rho[cell, gene] * library * inverse_theta[gene]
+                    if r * theta[gene] > refine_above:
+                        direct = np.float64(r / (one + r) - log1p_ratio[cell, gene])
+                        sums[gene] += weight_of_cell * (_zero_count_gap(r) - direct)
+            for entry in range(crow[cell], crow[cell + 1]):
+                gene = col[entry]
+                r = rho[cell, gene] * library * inverse_theta[gene]
+                if r * theta[gene] > refine_above:
+                    zero_count = _zero_count_gap(r)
+                else:
+                    zero_count = np.float64(r / (one + r) - log1p_ratio[cell, gene])
+                sums[gene] += weight_of_cell * (np.float64(d_log_theta_over_theta_at[entry]) - zero_count)
+    for chunk in range(n_chunks):
         for gene in range(n_genes):
-            grad_logits[cell, gene] = rho[cell, gene] * (weight * (grad_logits[cell, gene] - mean) - offset)
-        if n_large_means:
-            for gene in range(n_genes):
-                if ratio[cell, gene] * theta[gene] > refine_above:
-                    r_wide = np.float64(ratio[cell, gene])  # (float() would keep single precision)
-                    d_log_theta_over_theta[cell, gene] = r_wide / (1.0 + r_wide) - math.log1p(r_wide)
-        for entry in range(crow[cell], crow[cell + 1]):
-            gene = col[entry]
-            d_log_theta_over_theta[cell, gene] = d_log_theta_over_theta_at[entry]
-            grad_logits[cell, gene] += count_share_at[entry] * grad[cell]
+            grad_log_theta_over_theta[gene] += chunk_sums[chunk, gene]
+
+
+@numba.njit(cache=True, inline="always")
+def _zero_count_gap(r):  # pragma: no cover
+    r""":math:`r/(1 + r) - \log(1 + r)` in double precision (minus ``_zero_count_gap`` of ``_nb_terms``)."""
+    r_wide = np.float64(r)  # (float() would keep single precision)
+    return r_wide / (1.0 + r_wide) - math.log1p(r_wide)
