@@ -204,6 +204,7 @@ def _call_reference_path(adata, epochs: int, accelerator: str, clock):
 def run_one(path: Path, method: str, epochs: int) -> dict:
     """Time one whole call of one method on one data set; runs in its own process so that peak memory is its own."""
     import anndata as ad
+    import scanpy  # noqa: F401  (every method runs in a scanpy session, where scanpy is imported)
     import scvi
 
     if method.startswith("myvae"):
