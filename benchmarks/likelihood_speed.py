@@ -1,9 +1,10 @@
 """Speed of the negative-binomial likelihood against the formula it replaced, measured in one run.
 
-The stable likelihood (``myvae.module``, precise in float32 up to a huge inverse dispersion) is timed against the
-textbook formula the package used before (copied below as it was, for this comparison only): forward and backward
-of the fused softmax likelihood that training uses, and of the elementwise one, on one minibatch of PBMC 3k's 2,000
-highly variable genes (512 cells, about 7% non-zero counts, float32, on the CPU). Timings alternate between the two
+The stable likelihood (``myvae.module``, precise in float32 up to a huge inverse dispersion; the fused one with its
+compiled row loops, as on any CPU) is timed against the textbook formula the package used before (copied below as
+it was, for this comparison only): forward and backward of the fused softmax likelihood that training uses, and of
+the elementwise one, on one minibatch of PBMC 3k's 2,000 highly variable genes (512 cells, about 7% non-zero
+counts, float32, on the CPU; torch and the row loops on ``--threads`` threads). Timings alternate between the two
 implementations, and the ratio is the median time of the new one over the median of the old. glibc's allocator is
 set as during training (freed memory is kept for reuse).
 
@@ -210,7 +211,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "likelihood_speed")
     args = parser.parse_args()
+    import numba
+
     torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))  # the fused likelihood's row loops
     counts = pbmc_minibatch(args.n_cells)
     from myvae.model._allocator import reuse_freed_memory
 
