@@ -45,7 +45,6 @@ from ._defaults import (
     TrainingSettings,
 )
 from ._early_stopping import PlateauStopping, check_early_stopping
-from ._gc import objects_frozen_while_training
 from ._guards import interrupts_stay_interrupts
 from ._posterior import PosteriorMixin
 from ._quiet import quiet_training_logs
@@ -268,7 +267,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             if best_epoch is not None
             else []
         )
-        with quiet_training_logs(), reuse_freed_memory(), objects_frozen_while_training(), interrupts_stay_interrupts():
+        with quiet_training_logs(), reuse_freed_memory(), interrupts_stay_interrupts():
             recipe.reset()
             runner = self._train_runner_cls(
                 self,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 from scvi import REGISTRY_KEYS
+from scvi.module.base import auto_move_data
 
-from ._device import on_module_device
 from ._networks import VAENetworks
 from ._sparse import row_sums
 
@@ -47,7 +47,7 @@ class SharedNetworksMixin:
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"x": tensors[REGISTRY_KEYS.X_KEY]}
 
-    @on_module_device
+    @auto_move_data
     def inference(self, x: torch.Tensor, n_samples: int = 1) -> dict[str, torch.Tensor | torch.distributions.Normal]:
         """Encode counts: the posterior ``qz``, a reparameterised draw ``z`` and the observed ``library``.
 

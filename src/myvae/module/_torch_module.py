@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.module.base import BaseModuleClass, LossOutput
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from myvae._docs import doc_params
 
 from ._base import SharedNetworksMixin, batch_of
-from ._device import on_module_device
 from ._networks import SIZES_DOC
 
 __all__ = ["TorchVAEModule"]
-
-
-_scvi_forward = getattr(BaseModuleClass.forward, "__wrapped__", BaseModuleClass.forward)
-"""scvi-tools' forward pass without its ``auto_move_data`` (see :mod:`myvae.module._device`)."""
 
 
 @doc_params(sizes=SIZES_DOC)
@@ -40,17 +35,12 @@ class TorchVAEModule(SharedNetworksMixin, BaseModuleClass):
     def __init__(self, n_input: int, n_latent: int = 10, n_hidden: int = 128, n_batch: int = 1):
         super().__init__(n_input, n_latent=n_latent, n_hidden=n_hidden, n_batch=n_batch)
 
-    @on_module_device
-    def forward(self, tensors: dict[str, torch.Tensor], *args, **kwargs):
-        """scvi-tools' forward pass (inference, generative, loss), with the minibatch on the module's device."""
-        return _scvi_forward(self, tensors, *args, **kwargs)
-
     def _get_generative_input(
         self, tensors: dict[str, torch.Tensor], inference_outputs: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         return {"z": inference_outputs["z"], "library": inference_outputs["library"], "batch_index": batch_of(tensors)}
 
-    @on_module_device
+    @auto_move_data
     def generative(
         self, z: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None = None
     ) -> dict[str, torch.distributions.Distribution]:
