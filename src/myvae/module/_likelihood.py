@@ -278,9 +278,11 @@ def _at_entries(where: torch.Tensor, values: torch.Tensor | None, like: torch.Te
 class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
     r""":class:`_NegativeBinomialSoftmaxLogProb` with its passes over the genes as compiled loops (CPU, CSR counts).
 
-    Torch takes the exponentials of the softmax, :math:`\log(1 + \mu/\theta)` and the terms at the non-zero
-    counts; :mod:`myvae.module._row_loops` normalises the softmax, reads and writes the non-zero counts' entries and
-    forms the sums and the gradients, one cell at a time.
+    Torch takes the exponentials of the softmax, :math:`\log(1 + \mu/\theta)` over all cells × genes and the
+    double-precision transcendental terms at the non-zero counts (the per-gene tables and the series of
+    ``_nb_terms``); :mod:`myvae.module._row_loops` normalises the softmax, reads the logits at the counts, adds up
+    each cell's log-probability and forms both gradients, one cell at a time. The backward pass forms
+    :math:`\mu/\theta` again from the softmax instead of keeping it.
     """
 
     @staticmethod

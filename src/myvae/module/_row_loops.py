@@ -2,15 +2,16 @@ r"""Compiled loops over a minibatch's cells for the fused likelihood on the CPU.
 
 :class:`~myvae.module._likelihood._NegativeBinomialSoftmaxLogProb` needs, per cell, a few passes over its genes
 (normalise the softmax, form :math:`\mu/\theta`, sum the log-probabilities, form the gradients) and a few over its
-non-zero counts (read the logits there, write their terms over the zero-count ones). As torch operations each of
-these is one pass over all cells × genes or one indexing kernel, and together they cost more than their arithmetic.
-Here each is a loop over one cell's genes, while its row is in the cache, run for the cells in parallel.
+non-zero counts (read the logits there, add their terms). As torch operations each of these is one pass over all
+cells × genes or one indexing kernel, and together they cost more than their arithmetic. Here each is a loop over
+one cell's genes, while its row is in the cache, run for the cells in parallel.
 
-The loops are compiled by Numba (which scanpy already needs) on first use and cached on disk, so a process loads
-them in a fraction of a second. They run on the OpenMP threads torch uses when Numba's threading layer is OpenMP
-(its default where available); elsewhere on Numba's own. Transcendental functions over whole rows (the
-exponentials of the softmax, ``log1p``) stay with torch, whose vectorised versions are faster; so do the terms at
-the non-zero counts, which need double precision (:mod:`myvae.module._nb_terms`).
+The loops are compiled by Numba (which scanpy already needs) on first use and cached on disk; a process's first use
+of Numba takes about 0.1 s (``load_row_loops`` pays it before training). They run on the OpenMP threads torch uses
+when Numba's threading layer is OpenMP (its default where available); elsewhere on Numba's own. Transcendental
+functions over whole rows (the exponentials of the softmax, ``log1p``) stay with torch, whose vectorised versions
+are faster; so do the transcendental terms at the non-zero counts, which need double precision
+(:mod:`myvae.module._nb_terms`). The loops add them up.
 
 Sums over a cell's genes are accumulated in double precision, so they are at least as precise as torch's.
 """
