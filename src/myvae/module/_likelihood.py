@@ -104,9 +104,8 @@ def negative_binomial_softmax_log_prob(
     -------
     One log-probability per cell.
     """
-    if (
-        float(log_library.detach().max()) - float(log_theta.detach().min()) > _LOG_RATIO_LIMIT
-    ):  # mu / theta could overflow
+    largest_log_ratio = float(log_library.detach().max()) - float(log_theta.detach().min())
+    if largest_log_ratio > _LOG_RATIO_LIMIT:  # mu / theta could overflow
         log_mu = log_library + torch.log_softmax(logits, dim=-1)
         return negative_binomial_log_prob(x.to_dense() if is_sparse_csr(x) else x, log_mu, log_theta).sum(dim=-1)
     wants_gradient = _wants_gradient(logits, log_theta)
@@ -268,10 +267,10 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         return None, grad_logits, None, grad_log_theta, None
 
 
-def _at_entries(where: torch.Tensor, values: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    """``values`` placed at the entries ``where`` of an array of zeros like ``like`` (empty where there are none)."""
+def _at_entries(where: torch.Tensor, values: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``values`` placed at the entries ``where`` of an array of zeros like ``like``; empty if there are none."""
     if values is None or not where.numel():
-        return values if values is None else like[:0]
+        return like[:0]
     return torch.zeros_like(like).index_copy_(0, where, values)
 
 
@@ -310,18 +309,17 @@ class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         log1p_ratio_at.exp_().log1p_()  # from log(mu / theta)
         # the log-gamma and digamma terms: from per-gene tables, or computed where the tables do not reach
         theta_wide = log_theta.double().exp()
-        tables = _per_gene_tables(theta_wide, wants_gradient)
+        log_gamma_table, digamma_table = _per_gene_tables(theta_wide, wants_gradient)
+        digamma_table = log_gamma_table[:0] if digamma_table is None else digamma_table
         beyond, *beyond_terms = _gamma_terms_beyond_tables(counts.double(), theta_wide, col, wants_gradient)
-        beyond_terms = [_at_entries(beyond, terms, mu_at) for terms in beyond_terms]
+        log_gamma_beyond, digamma_beyond = (_at_entries(beyond, terms, mu_at) for terms in beyond_terms)
         log1p_ratio = ratio.log1p_()  # at every gene; the backward pass forms mu / theta again from rho
         out, count_share_sum = logits.new_empty(logits.shape[:1]), logits.new_empty(logits.shape[:1])
         d_log_theta_at, count_share = (torch.empty_like(log_mu_at, dtype=logits.dtype) for _ in range(2))
-        none = mu_at[:0]
         row_loops.count_terms_into_rows(
             view(log1p_ratio), view(theta), view(theta_wide), view(log_theta), view(crow), view(col), view(counts),
-            view(log_mu_at), view(mu_at), view(log1p_ratio_at), view(tables[0]),
-            view(none.view(0, tables[0].shape[1]) if tables[1] is None else tables[1]),
-            *(view(none if t is None else t) for t in beyond_terms), wants_gradient,
+            view(log_mu_at), view(mu_at), view(log1p_ratio_at), view(log_gamma_table), view(digamma_table),
+            view(log_gamma_beyond), view(digamma_beyond), wants_gradient,
             view(out), view(d_log_theta_at), view(count_share), view(count_share_sum),
         )  # fmt: skip
         if wants_gradient:
