@@ -42,13 +42,16 @@ def textbook_softmax_log_prob(x, logits, log_library, log_theta):
     return textbook_log_prob(x, log_library + torch.log_softmax(logits, -1), log_theta).sum(-1)
 
 
-def value_and_gradients(function, inputs: dict, wrt: tuple[str, ...], dtype: torch.dtype, weights=None):
-    """The value and its gradients in the inputs named by ``wrt``, all in double precision."""
-    inputs = {name: t.detach().to(dtype).requires_grad_(name in wrt) for name, t in inputs.items()}
+def value_and_gradients(
+    function, inputs: dict, wrt: tuple[str, ...], dtype: torch.dtype, weights=None, device: torch.device | str = "cpu"
+):
+    """The value and its gradients in the inputs named by ``wrt``, computed on ``device``, returned in double
+    precision on the CPU."""
+    inputs = {name: t.detach().to(device, dtype).requires_grad_(name in wrt) for name, t in inputs.items()}
     value = function(**inputs)
-    weights = torch.ones_like(value) if weights is None else weights.to(dtype)
+    weights = torch.ones_like(value) if weights is None else weights.to(device, dtype)
     gradients = torch.autograd.grad(value, [inputs[name] for name in wrt], weights)
-    return [t.detach().double() for t in (value, *gradients)]
+    return [t.detach().cpu().double() for t in (value, *gradients)]
 
 
 def scaled_error(got: torch.Tensor, reference: torch.Tensor) -> float:
@@ -76,13 +79,13 @@ def textbook(x, log_mu, log_theta):
         pytest.param(lambda t: t.reshape(-1, 1), id="one inverse dispersion per entry"),
     ],
 )
-def test_float32_log_prob_and_gradients_match_the_float64_reference_on_the_grid(layout):
+def test_float32_log_prob_and_gradients_match_the_float64_reference_on_the_grid(layout, device):
     x, log_mu, log_theta = grid()
     inputs = {"x": layout(x), "log_mu": layout(log_mu)}
     inputs["log_theta"] = log_theta if inputs["x"].shape[0] == 1 else layout(log_theta)
     wrt = ("log_mu", "log_theta")
     reference = value_and_gradients(textbook, inputs, wrt, torch.float64)
-    got = value_and_gradients(elementwise, inputs, wrt, torch.float32)
+    got = value_and_gradients(elementwise, inputs, wrt, torch.float32, device=device)
     errors = {name: scaled_error(g, r) for name, g, r in zip(("value", *wrt), got, reference, strict=True)}
     assert max(errors.values()) < TARGET, errors
 
@@ -139,17 +142,17 @@ LOGITS_GRADIENT_TOLERANCE = 2e-3
         pytest.param(cells_of_count_and_mean, ("logits",), LOGITS_GRADIENT_TOLERANCE, id="cells of a count and mean"),
     ],
 )
-def test_float32_softmax_log_prob_and_gradients_match_the_float64_reference(layout, wrt, tolerance):
+def test_float32_softmax_log_prob_and_gradients_match_the_float64_reference(layout, wrt, tolerance, device):
     inputs = layout()
     reference = value_and_gradients(textbook_softmax_log_prob, inputs, wrt, torch.float64)
-    got = value_and_gradients(negative_binomial_softmax_log_prob, inputs, wrt, torch.float32)
+    got = value_and_gradients(negative_binomial_softmax_log_prob, inputs, wrt, torch.float32, device=device)
     errors = {name: scaled_error(g, r) for name, g, r in zip(("value", *wrt), got, reference, strict=True)}
     assert errors["value"] < TARGET, errors
     assert errors[wrt[0]] < tolerance, errors
 
 
 @pytest.mark.usefixtures("fused_likelihood_path")
-def test_float32_softmax_gradients_where_one_gene_dominates_each_cell():
+def test_float32_softmax_gradients_where_one_gene_dominates_each_cell(device):
     """Every cell's genes span the means, so the largest takes most of the library; one cell per count."""
     n_genes = len(LOG_MU)
     inputs = {
@@ -161,7 +164,7 @@ def test_float32_softmax_gradients_where_one_gene_dominates_each_cell():
     for log_theta in LOG_THETA[::4]:  # one inverse dispersion for all genes
         inputs["log_theta"] = log_theta.expand(n_genes)
         reference = value_and_gradients(textbook_softmax_log_prob, inputs, ("logits",), torch.float64)
-        got = value_and_gradients(negative_binomial_softmax_log_prob, inputs, ("logits",), torch.float32)
+        got = value_and_gradients(negative_binomial_softmax_log_prob, inputs, ("logits",), torch.float32, device=device)
         errors += [scaled_error(g, r) for g, r in zip(got, reference, strict=True)]
     assert max(errors) < TARGET
 
@@ -236,13 +239,13 @@ def test_gradcheck_of_the_softmax_likelihood(log_theta_range):
 
 
 @pytest.mark.usefixtures("fused_likelihood_path")
-def test_zero_counts_with_large_means_keep_the_log_theta_gradient_precise():
+def test_zero_counts_with_large_means_keep_the_log_theta_gradient_precise(device):
     """A zero count where the mean exceeds 256 takes the refined path; its neighbours the direct one."""
     log_mu = torch.tensor([[9.0, 5.0, 5.6, 0.0]], dtype=torch.float64)  # 8103, 148, 270, 1
     inputs = {"x": torch.zeros(1, 4, dtype=torch.float64), "log_mu": log_mu, "log_theta": torch.full((4,), 20.0)}
     wrt = ("log_mu", "log_theta")
     reference = value_and_gradients(textbook, inputs, wrt, torch.float64)
-    got = value_and_gradients(elementwise, inputs, wrt, torch.float32)
+    got = value_and_gradients(elementwise, inputs, wrt, torch.float32, device=device)
     for g, r in zip(got, reference, strict=True):
         assert scaled_error(g, r) < 1e-5
     softmax_inputs = {
@@ -253,19 +256,19 @@ def test_zero_counts_with_large_means_keep_the_log_theta_gradient_precise():
     }
     wrt = ("logits", "log_theta")
     reference = value_and_gradients(textbook_softmax_log_prob, softmax_inputs, wrt, torch.float64)
-    got = value_and_gradients(negative_binomial_softmax_log_prob, softmax_inputs, wrt, torch.float32)
+    got = value_and_gradients(negative_binomial_softmax_log_prob, softmax_inputs, wrt, torch.float32, device=device)
     for g, r in zip(got, reference, strict=True):
         assert scaled_error(g, r) < 1e-5
 
 
 @pytest.mark.usefixtures("fused_likelihood_path")
-def test_sparse_and_dense_counts_give_the_same_result_including_empty_cells():
+def test_sparse_and_dense_counts_give_the_same_result_including_empty_cells(device):
     generator = torch.Generator().manual_seed(2)
-    x = torch.poisson(torch.rand(6, 30, generator=generator).pow(3) * 4)
+    x = torch.poisson(torch.rand(6, 30, generator=generator).pow(3) * 4).to(device)
     x[2] = 0.0  # a cell without counts
-    logits = torch.randn(6, 30, generator=generator, requires_grad=True)
-    log_library = torch.full((6, 1), 5.0)
-    log_theta = torch.linspace(-2.0, 20.0, 30).requires_grad_()
+    logits = torch.randn(6, 30, generator=generator).to(device).requires_grad_()
+    log_library = torch.full((6, 1), 5.0, device=device)
+    log_theta = torch.linspace(-2.0, 20.0, 30, device=device).requires_grad_()
     results = []
     for counts in (x, x.to_sparse_csr()):
         value = negative_binomial_softmax_log_prob(counts, logits, log_library, log_theta)
@@ -273,7 +276,7 @@ def test_sparse_and_dense_counts_give_the_same_result_including_empty_cells():
     for dense, sparse in zip(*results, strict=True):
         torch.testing.assert_close(sparse, dense)
     # no count at all
-    empty = torch.zeros(6, 30)
+    empty = torch.zeros(6, 30, device=device)
     value = negative_binomial_softmax_log_prob(empty, logits, log_library, log_theta)
     expected = textbook_softmax_log_prob(empty.double(), logits.double(), log_library.double(), log_theta.double())
     torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-5)

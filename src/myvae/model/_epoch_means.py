@@ -14,8 +14,9 @@ __all__ = ["EpochMeansMixin", "EpochTotals"]
 class EpochTotals:
     """Running sums, over the cells of one epoch, of the terms whose sum is the negative ELBO.
 
-    The sums stay tensors (no device synchronisation per step). Their means are per cell: every minibatch counts
-    for the cells it holds, so a last minibatch smaller than the others is weighted correctly.
+    The sums stay tensors on the device of the values added (no device synchronisation per step). Their means are
+    per cell: every minibatch counts for the cells it holds, so a last minibatch smaller than the others is weighted
+    correctly.
 
     Parameters
     ----------
@@ -36,12 +37,14 @@ class EpochTotals:
     def add(self, n_obs: int, **sums: torch.Tensor | float) -> None:
         """Add one minibatch: its number of cells and each term summed over its cells."""
         for term, value in sums.items():
-            self.sums[term] = self.sums[term] + torch.as_tensor(value).detach().cpu()
+            value = torch.as_tensor(value).detach()
+            self.sums[term] = self.sums[term].to(value.device) + value
         self.n_obs += n_obs
 
     def sum_over_processes(self, strategy, device: torch.device) -> None:
         """Replace the sums by those over every process training together (distributed training)."""
-        stacked = torch.stack([*self.sums.values(), torch.tensor(float(self.n_obs))]).to(device)
+        totals = [*self.sums.values(), torch.tensor(float(self.n_obs))]
+        stacked = torch.stack([total.to(device) for total in totals])
         *sums, n_obs = strategy.reduce(stacked, reduce_op="sum").cpu()
         self.sums = dict(zip(self.terms, sums, strict=True))
         self.n_obs = int(n_obs)

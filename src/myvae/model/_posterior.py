@@ -82,8 +82,9 @@ class PosteriorMixin:
             adata=self._validate_anndata(adata), indices=indices, batch_size=batch_size
         )
         self.module.eval()
+        device = next(self.module.parameters()).device  # Pyro's module base class has no ``device``
         with torch.inference_mode():
-            parts = [compute(tensors).cpu().numpy() for tensors in minibatches]
+            parts = [compute(_on_device(tensors, device)).cpu().numpy() for tensors in minibatches]
         return np.concatenate(parts, axis=0)
 
     def _embedding(self, adata: AnnData | None, batch_size: int) -> np.ndarray:
@@ -216,3 +217,8 @@ class PosteriorMixin:
             return self.module.negative_elbo_terms(tensors)[0]
 
         return {"reconstruction_loss": float(np.mean(self._per_cell(reconstruction_loss, adata, indices, batch_size)))}
+
+
+def _on_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A minibatch with every tensor on the module's device (minibatches are read on the CPU)."""
+    return {key: value.to(device) for key, value in tensors.items()}
