@@ -110,6 +110,19 @@ def test_store_model_false_leaves_the_model_out(small_adata, new_cells, tmp_path
         mv.MyVAE.from_anndata(carrier)
 
 
+def test_from_anndata_reads_the_counts_layer_and_the_genes_the_model_was_trained_on(lognormalised_adata):
+    """The scanpy habit: raw counts in a layer, log-normalised X, highly variable genes marked, no setup_counts."""
+    adata = lognormalised_adata
+    adata.var["highly_variable"] = np.arange(adata.n_vars) % 2 == 0
+    mv.tl.myvae(adata, layer="counts", **fast_train_kwargs(max_epochs=2))
+    before = fingerprint(adata)
+    model = mv.MyVAE.from_anndata(adata)
+    assert fingerprint(adata) == before
+    assert model.adata.obs_names.equals(adata.obs_names)
+    assert model.adata.var_names.equals(adata.var_names[adata.var["highly_variable"].to_numpy()])
+    np.testing.assert_allclose(model.get_latent_representation(), adata.obsm["X_myvae"], rtol=0, atol=1e-6)
+
+
 def test_from_anndata_returns_the_carried_model_attached_to_the_carrying_counts(
     small_adata, backend, tmp_path, unchanged
 ):
@@ -130,6 +143,16 @@ def test_from_anndata_returns_the_carried_model_attached_to_the_carrying_counts(
     np.testing.assert_allclose(
         model.history["elbo_validation"].to_numpy(dtype=float), live.history["elbo_validation"].to_numpy(dtype=float)
     )
+
+    chosen = carrier.copy()  # trained on some of its genes (mask_var): the model comes with those genes of its cells
+    chosen.var["chosen"] = np.arange(chosen.n_vars) % 3 > 0
+    on_chosen = mv.tl.myvae(chosen, mask_var="chosen", return_model=True, **fast_train_kwargs(max_epochs=2))
+    before_chosen = fingerprint(chosen)
+    attached = mv.MyVAE.from_anndata(chosen)
+    assert fingerprint(chosen) == before_chosen
+    assert attached.adata.obs_names.equals(chosen.obs_names)
+    assert attached.adata.var_names.equals(on_chosen.adata.var_names)
+    np.testing.assert_allclose(attached.get_latent_representation(), chosen.obsm["X_myvae"], rtol=0, atol=1e-6)
 
     subset = carrier[:, 10:].copy()  # other genes: the model comes with a placeholder instead of these cells
     placeholder = mv.MyVAE.from_anndata(subset)

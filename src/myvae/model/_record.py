@@ -32,7 +32,7 @@ from myvae import _logging as logg
 from myvae._checks import check_same_genes
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
-from myvae._setup import SETUP_KEY, check_setup, read_setup, training_anndata
+from myvae._setup import SETUP_KEY, check_setup, read_setup, trained_layer, training_anndata
 
 from ._backends import BACKENDS
 from ._myvae import MyVAE
@@ -132,14 +132,20 @@ def model_from_anndata(
 ) -> MyVAE:
     """The model ``adata.uns[key]["model"]`` holds, attached to ``adata``'s counts if it has the model's genes.
 
-    The implementation of :meth:`myvae.MyVAE.from_anndata`; with other genes (e.g. the AnnData was subset after
-    training) the model is attached to a placeholder, as :func:`model_from_record` does without ``adata``.
+    The implementation of :meth:`myvae.MyVAE.from_anndata`. When the model was trained on some of ``adata``'s genes
+    (``mask_var``), it is attached to those genes of ``adata``; without some of the model's genes (e.g. the AnnData
+    was subset after training) to a placeholder, as :func:`model_from_record` does without ``adata``.
     """
     payload = _checked(_carried_record(adata, key, "MyVAE.from_anndata"))
-    if not pd.Index(payload["var_names"]).equals(adata.var_names):
-        logg.info("adata's genes are not the model's; the model is attached to a placeholder with the model's genes.")
-        adata = None
-    return _attach(payload, adata, accelerator=accelerator, device=device)
+    model_genes = pd.Index(payload["var_names"])
+    if not model_genes.equals(adata.var_names):
+        if adata.var_names.is_unique and model_genes.isin(adata.var_names).all():
+            adata = adata[:, model_genes]  # a view: the model's genes of these cells
+        else:
+            logg.info("adata lacks some of the model's genes; the model is attached to a placeholder with its genes.")
+            adata = None
+    layer = None if adata is None else trained_layer(adata, key)
+    return _attach(payload, adata, accelerator=accelerator, device=device, layer=layer)
 
 
 def model_for_query(model: Any, *, accelerator: str) -> MyVAE:
@@ -203,8 +209,13 @@ def _carrying_key(carrier: Any) -> str:
     return keys[0] if keys else "myvae"
 
 
-def _attach(payload: dict[str, Any], adata: AnnData | None, *, accelerator: str, device: int | str) -> MyVAE:
-    """Build the checked model around a new AnnData of ``adata``'s counts, or around a placeholder."""
+def _attach(
+    payload: dict[str, Any], adata: AnnData | None, *, accelerator: str, device: int | str, layer: str | None = None
+) -> MyVAE:
+    """Build the checked model around a new AnnData of ``adata``'s counts, or around a placeholder.
+
+    The counts are in ``layer``; ``None`` takes the setup record's layer, else the model's.
+    """
     setup = payload["setup"]
     if adata is None:
         data = placeholder_anndata(payload["var_names"], setup["batch_key"], setup["batch_categories"])
@@ -217,7 +228,8 @@ def _attach(payload: dict[str, Any], adata: AnnData | None, *, accelerator: str,
             f"{type(adata).__name__}."
         )
     check_same_genes(payload["var_names"], adata.var_names)
-    layer = read_setup(adata)["layer"] if SETUP_KEY in adata.uns else setup["layer"]
+    if layer is None:
+        layer = read_setup(adata)["layer"] if SETUP_KEY in adata.uns else setup["layer"]
     try:
         check_setup(adata, layer, None)
     except InputError as error:
