@@ -85,3 +85,23 @@ def test_streamed_rows_for_inference_come_in_increasing_order(small_adata, backe
     np.testing.assert_array_equal(_cells_of(streamed_rows(backed_adata.X, None, batch_size=32), counts), np.arange(80))
     with pytest.raises(InputError, match="increasing order without repeats"):
         streamed_rows(backed_adata.X, np.array([5, 2]), batch_size=4)
+
+
+def test_an_ordered_pass_reads_the_source_without_changing_it(small_adata):
+    """A pass in order hands a chunk on without gathering it; minibatches drop stored zeros from a copy."""
+    da = pytest.importorskip("dask.array")
+    from scipy import sparse
+
+    from myvae.model._streaming import streamed_rows
+
+    counts = sparse.csr_matrix(small_adata.X, dtype=np.float32, copy=True)
+    counts.data[::7] = 0.0  # stored zeros
+    before = [array.copy() for array in (counts.data, counts.indices, counts.indptr)]
+    lazy = da.from_array(counts, chunks=(40, counts.shape[1]), asarray=False)
+    minibatches = list(streamed_rows(lazy, None, batch_size=16))
+    for array, was in zip((counts.data, counts.indices, counts.indptr), before, strict=True):
+        np.testing.assert_array_equal(array, was)
+    values = torch.cat([minibatch[REGISTRY_KEYS.X_KEY].values() for minibatch in minibatches])
+    assert len(values) == counts.count_nonzero() and bool((values != 0).all())
+    dense = torch.cat([minibatch[REGISTRY_KEYS.X_KEY].to_dense() for minibatch in minibatches]).numpy()
+    np.testing.assert_array_equal(dense, counts.toarray())

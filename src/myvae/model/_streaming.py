@@ -105,8 +105,12 @@ class StreamedMinibatches:
             if self.shuffle:
                 permutation = torch.randperm(len(cells), generator=self.generator).numpy()
                 cells, position_in_blocks = cells[permutation], position_in_blocks[permutation]
-            # one gather from the blocks, in the order of the pass, into arrays of our own
-            yield float32_csr(sparse.vstack(blocks, format="csr")[position_in_blocks], owned=True), cells
+            stacked = blocks[0] if len(blocks) == 1 else sparse.vstack(blocks, format="csr")
+            owned = len(blocks) > 1  # a single block may share its arrays with the source
+            del blocks  # held no longer than needed: memory stays bounded by about two buffers
+            if not np.array_equal(position_in_blocks, np.arange(stacked.shape[0])):
+                stacked, owned = stacked[position_in_blocks], True  # one gather, in the order of the pass
+            yield float32_csr(stacked, owned=owned), cells
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return islice(self._pass(), len(self))
@@ -120,6 +124,7 @@ class StreamedMinibatches:
             n_full = counts.shape[0] // self.batch_size * self.batch_size
             yield from self._minibatches(counts, cells, n_full)
             carried = (counts[n_full:], cells[n_full:]) if n_full < counts.shape[0] else None
+            del counts, cells  # before the next buffer is read
         if carried is not None:
             yield from self._minibatches(*carried, carried[0].shape[0])
 
@@ -219,4 +224,5 @@ def streamed_rows(
             "For counts read from disk, pass indices= in increasing order without repeats, e.g. "
             "`np.unique(indices)`; the cells come back in that order."
         )
-    return StreamedMinibatches(rows, indices, batch_size, batch_index=batch_index)
+    # an ordered pass needs no shuffling buffer: one chunk in memory at a time
+    return StreamedMinibatches(rows, indices, batch_size, buffer_chunks=1, batch_index=batch_index)
