@@ -30,6 +30,7 @@ __all__ = [
     "check_setup",
     "make_setup_record",
     "model_counts",
+    "model_genes_mask",
     "read_setup",
     "trained_layer",
     "training_anndata",
@@ -119,17 +120,30 @@ def trained_layer(adata: AnnData, key: str = "myvae") -> str | None:
     return read_setup(adata)["layer"]
 
 
+def model_genes_mask(model_genes: pd.Index, genes: pd.Index) -> np.ndarray | None:
+    """The boolean mask over ``genes`` that selects the model's genes, in the model's order.
+
+    ``None`` if no mask does: a model gene is missing, a name repeats, or the order differs.
+    """
+    if not genes.is_unique:
+        return None
+    positions = genes.get_indexer(model_genes)
+    if (positions < 0).any() or not np.all(np.diff(positions) > 0):
+        return None
+    mask = np.zeros(len(genes), dtype=bool)
+    mask[positions] = True
+    return mask
+
+
 def model_counts(adata: AnnData, model_genes: pd.Index, layer: str | None) -> tuple[Any, pd.Index]:
     """The counts of the model's genes, checked, as lazily as they are stored, and those genes' names.
 
     The data may hold more genes than the model (e.g. all genes, when the model was trained on the highly variable
     ones): the model's genes are selected by name. They must all be there, in the model's order.
     """
-    positions = adata.var_names.get_indexer(model_genes)
-    if (positions < 0).any() or not np.all(np.diff(positions) > 0):
-        check_same_genes(model_genes, adata.var_names)
-    mask = np.zeros(adata.n_vars, dtype=bool)
-    mask[positions] = True
+    mask = model_genes_mask(model_genes, adata.var_names)
+    if mask is None:
+        check_same_genes(model_genes, adata.var_names)  # raises, naming the missing or extra genes
     where = counts_location(layer)
     if not mask.all():
         where += f" (the model's {int(mask.sum())} genes)"

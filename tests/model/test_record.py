@@ -123,6 +123,23 @@ def test_from_anndata_reads_the_counts_layer_and_the_genes_the_model_was_trained
     np.testing.assert_allclose(model.get_latent_representation(), adata.obsm["X_myvae"], rtol=0, atol=1e-6)
 
 
+def test_from_anndata_leaves_counts_on_disk_when_the_model_has_some_of_the_genes(small_adata, tmp_path):
+    pytest.importorskip("dask")  # selecting genes of counts on disk reads them through dask
+    from myvae._counts import is_out_of_core
+
+    small_adata.var["highly_variable"] = np.arange(small_adata.n_vars) % 2 == 0
+    small_adata.write_h5ad(tmp_path / "small.h5ad")
+    backed = ad.read_h5ad(tmp_path / "small.h5ad", backed="r")
+    try:
+        mv.tl.myvae(backed, **fast_train_kwargs(max_epochs=2))
+        model = mv.MyVAE.from_anndata(backed)
+        assert is_out_of_core(model.adata_manager.get_from_registry("X"))  # not read into memory
+        assert model.adata.var_names.equals(backed.var_names[backed.var["highly_variable"].to_numpy()])
+        np.testing.assert_allclose(model.get_latent_representation(), backed.obsm["X_myvae"], rtol=0, atol=1e-6)
+    finally:
+        backed.file.close()
+
+
 def test_from_anndata_returns_the_carried_model_attached_to_the_carrying_counts(
     small_adata, backend, tmp_path, unchanged
 ):

@@ -32,14 +32,21 @@ from myvae import _logging as logg
 from myvae._checks import check_same_genes
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
-from myvae._setup import SETUP_KEY, check_setup, read_setup, trained_layer, training_anndata
+from myvae._setup import SETUP_KEY, check_setup, model_genes_mask, read_setup, trained_layer, training_anndata
 
 from ._backends import BACKENDS
 from ._myvae import MyVAE
 from ._quiet import quiet_training_logs
 from ._save_load import model_payload, placeholder_anndata, read_model_file, restore_model
 
-__all__ = ["RECORD_FORMAT", "model_for_query", "model_from_anndata", "model_from_record", "model_to_record"]
+__all__ = [
+    "RECORD_FORMAT",
+    "carried_model",
+    "model_for_query",
+    "model_from_anndata",
+    "model_from_record",
+    "model_to_record",
+]
 
 RECORD_FORMAT = "myvae-record/1"
 """Written into every record; a record of another format is refused."""
@@ -138,14 +145,21 @@ def model_from_anndata(
     """
     payload = _checked(_carried_record(adata, key, "MyVAE.from_anndata"))
     model_genes = pd.Index(payload["var_names"])
-    if not model_genes.equals(adata.var_names):
-        if adata.var_names.is_unique and model_genes.isin(adata.var_names).all():
-            adata = adata[:, model_genes]  # a view: the model's genes of these cells
-        else:
-            logg.info("adata lacks some of the model's genes; the model is attached to a placeholder with its genes.")
-            adata = None
-    layer = None if adata is None else trained_layer(adata, key)
-    return _attach(payload, adata, accelerator=accelerator, device=device, layer=layer)
+    if model_genes.equals(adata.var_names):
+        return _attach(payload, adata, accelerator=accelerator, device=device, layer=trained_layer(adata, key))
+    mask = model_genes_mask(model_genes, adata.var_names)
+    if mask is None:
+        logg.info("adata lacks some of the model's genes; the model is attached to a placeholder with its genes.")
+        return _attach(payload, None, accelerator=accelerator, device=device)
+    return _attach(payload, adata, accelerator=accelerator, device=device, layer=trained_layer(adata, key), mask=mask)
+
+
+def carried_model(adata: AnnData, key: str, func: str) -> MyVAE:
+    """The model ``adata.uns[key]["model"]`` holds, on a placeholder with its genes.
+
+    For a caller that reads the counts itself; ``func`` names it in the errors.
+    """
+    return _attach(_checked(_carried_record(adata, key, func)), None, accelerator="auto", device="auto")
 
 
 def model_for_query(model: Any, *, accelerator: str) -> MyVAE:
@@ -210,11 +224,18 @@ def _carrying_key(carrier: Any) -> str:
 
 
 def _attach(
-    payload: dict[str, Any], adata: AnnData | None, *, accelerator: str, device: int | str, layer: str | None = None
+    payload: dict[str, Any],
+    adata: AnnData | None,
+    *,
+    accelerator: str,
+    device: int | str,
+    layer: str | None = None,
+    mask: np.ndarray | None = None,
 ) -> MyVAE:
     """Build the checked model around a new AnnData of ``adata``'s counts, or around a placeholder.
 
-    The counts are in ``layer``; ``None`` takes the setup record's layer, else the model's.
+    The counts are in ``layer`` (``None`` takes the setup record's layer, else the model's), of the genes ``mask``
+    selects (``None``: all); counts on disk stay there.
     """
     setup = payload["setup"]
     if adata is None:
@@ -227,18 +248,19 @@ def _attach(
             f"adata= takes an AnnData with the model's genes (for a MuData, its modality, e.g. mdata['rna']); got "
             f"{type(adata).__name__}."
         )
-    check_same_genes(payload["var_names"], adata.var_names)
+    check_same_genes(payload["var_names"], adata.var_names if mask is None else adata.var_names[mask])
     if layer is None:
         layer = read_setup(adata)["layer"] if SETUP_KEY in adata.uns else setup["layer"]
     try:
-        check_setup(adata, layer, None)
+        check_setup(adata, layer, None, mask)
     except InputError as error:
         raise InputError(
             f"{error} To attach the model to these cells, record where their raw counts are with "
             "mv.pp.setup_counts(adata, layer=...)."
         ) from error
     batch_key = setup["batch_key"] if setup["batch_key"] in adata.obs.columns else None
-    return _build(payload, training_anndata(adata, layer, batch_key), accelerator=accelerator, device=device)
+    data = training_anndata(adata, layer, batch_key, mask=mask)
+    return _build(payload, data, accelerator=accelerator, device=device)
 
 
 def _build(payload: dict[str, Any], data: AnnData, *, accelerator: str, device: int | str) -> MyVAE:

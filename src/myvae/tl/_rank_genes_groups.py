@@ -29,6 +29,7 @@ from myvae.model._differential import (
     pseudocount_for,
     ranking,
 )
+from myvae.model._record import carried_model
 
 __all__ = ["rank_genes_groups"]
 
@@ -139,8 +140,8 @@ def _check_options(mode: Any, delta: Any, n_samples: Any, fdr: Any, batch_correc
 
 def _trained_model(adata: AnnData, model: Any) -> MyVAE:
     """The model to query: the one given, or the one ``tl.myvae`` stored in ``adata.uns["myvae"]``."""
-    if model is None:
-        return MyVAE.from_anndata(adata, key=MODEL_KEY)
+    if model is None:  # the counts are read below (model_counts): the model needs only its genes
+        return carried_model(adata, MODEL_KEY, "tl.rank_genes_groups")
     if not isinstance(model, MyVAE):
         raise InputError(f"model= takes a trained MyVAE (or None to use adata.uns[{MODEL_KEY!r}]); got {model!r}.")
     if not model.is_trained:
