@@ -144,13 +144,12 @@ def model_from_anndata(
     was subset after training) to a placeholder, as :func:`model_from_record` does without ``adata``.
     """
     payload = _checked(_carried_record(adata, key, "MyVAE.from_anndata"))
-    model_genes = pd.Index(payload["var_names"])
-    if model_genes.equals(adata.var_names):
-        return _attach(payload, adata, accelerator=accelerator, device=device, layer=trained_layer(adata, key))
-    mask = model_genes_mask(model_genes, adata.var_names)
-    if mask is None:
-        logg.info("adata lacks some of the model's genes; the model is attached to a placeholder with its genes.")
-        return _attach(payload, None, accelerator=accelerator, device=device)
+    model_genes, mask = pd.Index(payload["var_names"]), None
+    if not model_genes.equals(adata.var_names):
+        mask = model_genes_mask(model_genes, adata.var_names)
+        if mask is None:
+            logg.info("adata lacks some of the model's genes; the model is attached to a placeholder with its genes.")
+            return _attach(payload, None, accelerator=accelerator, device=device)
     return _attach(payload, adata, accelerator=accelerator, device=device, layer=trained_layer(adata, key), mask=mask)
 
 
