@@ -94,3 +94,4 @@ def test_loading_the_row_loops_compiles_what_training_runs():
     _likelihood.load_row_loops()
     for loop in (_row_loops.normalise_rows, _row_loops.count_terms_into_rows, _row_loops.row_gradients):
         assert any("float32" in str(signature) for signature in loop.signatures)
+    assert _row_loops.per_gene_tables.signatures  # in double precision, whatever the model's

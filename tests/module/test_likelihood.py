@@ -162,6 +162,31 @@ def test_row_loops_and_torch_operations_agree_on_real_counts(monkeypatch):
         torch.testing.assert_close(with_loops / scale, with_torch / scale, rtol=0, atol=1e-5)
 
 
+def test_the_row_loops_own_gamma_terms_agree_with_torchs():
+    """The per-gene tables, the digamma function and the terms beyond the tables, against ``_nb_terms`` and torch."""
+    from myvae.module import _nb_terms, _row_loops
+
+    theta = torch.logspace(-3.0, 9.0, 49, dtype=torch.float64)  # beyond e^-2 ... e^20 on both sides
+    tables = [torch.empty(49, _nb_terms._SMALL_COUNTS, dtype=torch.float64) for _ in range(2)]
+    _row_loops.per_gene_tables(theta.numpy(), *(table.numpy() for table in tables))
+    for got, expected in zip(tables, _nb_terms._per_gene_tables(theta, True), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-12)
+
+    z = torch.logspace(-3.0, 5.0, 97, dtype=torch.float64)
+    digamma = torch.tensor([_row_loops._digamma(float(value)) for value in z], dtype=torch.float64)
+    torch.testing.assert_close(digamma, torch.digamma(z), rtol=1e-13, atol=1e-12)
+
+    x, theta = torch.meshgrid(
+        torch.tensor([0.5, 2.25, 14.9, 16.0, 300.1, 7e4], dtype=torch.float64), theta, indexing="ij"
+    )
+    x, theta = x.reshape(-1), theta.reshape(-1)
+    terms = [_row_loops._gamma_terms(float(a), float(b), True) for a, b in zip(x, theta, strict=True)]
+    got = torch.tensor(terms, dtype=torch.float64)
+    expected = torch.stack(_nb_terms._gamma_terms(x, theta, True), dim=-1)
+    scale = expected.abs().clamp(min=1.0)  # lgamma(x + theta) - lgamma(x + 1) cancels at x = 7e4, in both
+    torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=1e-10)
+
+
 def test_row_loops_apply_to_single_and_double_precision_on_the_cpu_only():
     from myvae.module import _row_loops
 

@@ -13,13 +13,12 @@ from torch.nn import functional as F
 
 from . import _row_loops as row_loops
 from ._nb_terms import (
+    _SMALL_COUNTS,
     _ZERO_COUNT_REFINE_ABOVE,
-    _gamma_terms_beyond_tables,
     _gather,
     _large_means,
     _log_prob_at_counts,
     _logits_gradient_of_means,
-    _per_gene_tables,
     _shifted_exponentials,
     _softmax,
     _zero_count_gap,
@@ -267,20 +266,14 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         return None, grad_logits, None, grad_log_theta, None
 
 
-def _at_entries(where: torch.Tensor, values: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """``values`` placed at the entries ``where`` of an array of zeros like ``like``; empty if there are none."""
-    if values is None or not where.numel():
-        return like[:0]
-    return torch.zeros_like(like).index_copy_(0, where, values)
-
-
 class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
     r""":class:`_NegativeBinomialSoftmaxLogProb` with its passes over the genes as compiled loops (CPU, CSR counts).
 
-    Torch takes the exponentials of the softmax, :math:`\log(1 + \mu/\theta)` over all cells × genes and the
-    double-precision transcendental terms at the non-zero counts (the per-gene tables and the series of
-    ``_nb_terms``); :mod:`myvae.module._row_loops` normalises the softmax, reads the logits at the counts, adds up
-    each cell's log-probability and forms both gradients, one cell at a time. The backward pass forms
+    Torch takes the exponentials of the softmax, :math:`\log(1 + \mu/\theta)` over all cells × genes and, in
+    double precision, :math:`\mu` and :math:`\log(1 + \mu/\theta)` at the non-zero counts;
+    :mod:`myvae.module._row_loops` normalises the softmax, reads the logits at the counts, forms the log-gamma and
+    digamma terms there (from per-gene tables, or one count at a time beyond them), adds up each cell's
+    log-probability and forms both gradients, one cell at a time. The backward pass forms
     :math:`\mu/\theta` again from the softmax instead of keeping it.
     """
 
@@ -307,19 +300,16 @@ class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         )  # fmt: skip
         mu_at = log_mu_at.exp()
         log1p_ratio_at.exp_().log1p_()  # from log(mu / theta)
-        # the log-gamma and digamma terms: from per-gene tables, or computed where the tables do not reach
         theta_wide = log_theta.double().exp()
-        log_gamma_table, digamma_table = _per_gene_tables(theta_wide, wants_gradient)
-        digamma_table = log_gamma_table[:0] if digamma_table is None else digamma_table
-        beyond, *beyond_terms = _gamma_terms_beyond_tables(counts.double(), theta_wide, col, wants_gradient)
-        log_gamma_beyond, digamma_beyond = (_at_entries(beyond, terms, mu_at) for terms in beyond_terms)
+        log_gamma_table, digamma_table = (theta_wide.new_empty((theta.numel(), _SMALL_COUNTS)) for _ in range(2))
+        row_loops.per_gene_tables(view(theta_wide), view(log_gamma_table), view(digamma_table))
         log1p_ratio = ratio.log1p_()  # at every gene; the backward pass forms mu / theta again from rho
         out, count_share_sum = logits.new_empty(logits.shape[:1]), logits.new_empty(logits.shape[:1])
         d_log_theta_at, count_share = (torch.empty_like(log_mu_at, dtype=logits.dtype) for _ in range(2))
         row_loops.count_terms_into_rows(
             view(log1p_ratio), view(theta), view(theta_wide), view(log_theta), view(crow), view(col), view(counts),
             view(log_mu_at), view(mu_at), view(log1p_ratio_at), view(log_gamma_table), view(digamma_table),
-            view(log_gamma_beyond), view(digamma_beyond), wants_gradient,
+            wants_gradient,
             view(out), view(d_log_theta_at), view(count_share), view(count_share_sum),
         )  # fmt: skip
         if wants_gradient:

@@ -21,6 +21,8 @@ import torch
 
 __all__ = [
     "CountTerms",
+    "_ASYMPTOTIC_FROM",
+    "_SMALL_COUNTS",
     "_ZERO_COUNT_REFINE_ABOVE",
     "_gather",
     "_gamma_terms_beyond_tables",

@@ -10,8 +10,10 @@ The loops are compiled by Numba (which scanpy already needs) on first use and ca
 of Numba takes about 0.1 s (``load_row_loops`` pays it before training). They run on the OpenMP threads torch uses
 when Numba's threading layer is OpenMP (its default where available); elsewhere on Numba's own. Transcendental
 functions over whole rows (the exponentials of the softmax, ``log1p``) stay with torch, whose vectorised versions
-are faster; so do the transcendental terms at the non-zero counts, which need double precision
-(:mod:`myvae.module._nb_terms`). The loops add them up.
+are faster; so do :math:`\mu` and :math:`\log(1 + \mu/\theta)` at the non-zero counts, in double precision. The
+log-gamma and digamma terms there are the loops' own, with the formulas of :mod:`myvae.module._nb_terms`: per-gene
+tables for whole counts below 16 (:func:`per_gene_tables`) and, for the few other counts, the series or ``lgamma``
+and the digamma function one count at a time, as torch would take a dozen small operations for them.
 
 Sums over a cell's genes are accumulated in double precision, so they are at least as precise as torch's.
 """
@@ -24,7 +26,9 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["applies_to", "count_terms_into_rows", "normalise_rows", "row_gradients"]
+from ._nb_terms import _ASYMPTOTIC_FROM
+
+__all__ = ["applies_to", "count_terms_into_rows", "normalise_rows", "per_gene_tables", "row_gradients"]
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 """Let the compiler reorder sums and fuse multiply-adds (so that the loops vectorise); no unsafe assumptions."""
@@ -76,6 +80,72 @@ def normalise_rows(
             log_ratio_at[entry] = log_mu - np.float64(log_theta[gene])
 
 
+@numba.njit(cache=True, parallel=True)
+def per_gene_tables(theta, log_gamma_table, digamma_table):  # pragma: no cover
+    r"""The per-gene tables of ``_nb_terms._per_gene_tables``, written into genes × width arrays.
+
+    Row :math:`g` gets :math:`\sum_{i<k} \log(\theta_g + i) - \log k!` and :math:`\sum_{i<k} 1/(\theta_g + i)` for
+    :math:`k = 0, 1, \dots` up to the tables' width, in double precision (``theta`` holds :math:`\theta_g`).
+    """
+    n_genes, width = log_gamma_table.shape
+    for gene in numba.prange(n_genes):
+        log_gamma = digamma = 0.0
+        log_gamma_table[gene, 0] = digamma_table[gene, 0] = 0.0
+        for k in range(1, width):
+            shifted = theta[gene] + (k - 1)
+            log_gamma += math.log(shifted / k)
+            digamma += 1.0 / shifted
+            log_gamma_table[gene, k] = log_gamma
+            digamma_table[gene, k] = digamma
+
+
+@numba.njit(cache=True, inline="always")
+def _stirling_remainder(z):  # pragma: no cover
+    r"""Stirling's series for :math:`\log\Gamma(z)` beyond its leading terms, :math:`S(z)` of ``_nb_terms``."""
+    w = 1.0 / (z * z)
+    return (1.0 / 12.0 + w * (-1.0 / 360.0 + w * (1.0 / 1260.0 - w / 1680.0))) / z
+
+
+@numba.njit(cache=True, inline="always")
+def _digamma_remainder(z):  # pragma: no cover
+    r"""The asymptotic series of :math:`\psi(z)` beyond :math:`\log z - 1/(2z)`, :math:`U(z)` of ``_nb_terms``."""
+    w = 1.0 / (z * z)
+    return w * (1.0 / 12.0 + w * (-1.0 / 120.0 + w * (1.0 / 252.0 - w / 240.0)))
+
+
+@numba.njit(cache=True, inline="always")
+def _digamma(z):  # pragma: no cover
+    r"""The digamma function :math:`\psi(z)` for :math:`z > 0`.
+
+    Shifted up by :math:`\psi(z) = \psi(z + 1) - 1/z` until :math:`z \ge 10`, then its asymptotic series
+    (truncated below :math:`10^{-12}` there).
+    """
+    shift = 0.0
+    while z < _ASYMPTOTIC_FROM:
+        shift += 1.0 / z
+        z += 1.0
+    return math.log(z) - 0.5 / z - _digamma_remainder(z) - shift
+
+
+@numba.njit(cache=True, inline="always")
+def _gamma_terms(x, theta, wants_digamma):  # pragma: no cover
+    r"""The log-gamma and digamma terms at one count, as ``_nb_terms._gamma_terms`` forms them.
+
+    They are :math:`\log\Gamma(x + \theta) - \log\Gamma(\theta) - \log x!` and
+    :math:`\psi(x + \theta) - \psi(\theta)` (from Stirling's series where :math:`\theta \ge 10`).
+    """
+    n = x + theta
+    if theta >= _ASYMPTOTIC_FROM:
+        log_ratio = math.log1p(x / theta)
+        log_gamma = (n - 0.5) * log_ratio + x * (math.log(theta) - 1.0)
+        log_gamma += _stirling_remainder(n) - _stirling_remainder(theta)
+        digamma = log_ratio + x / (2.0 * theta * n) - (_digamma_remainder(n) - _digamma_remainder(theta))
+    else:
+        log_gamma = math.lgamma(n) - math.lgamma(theta)
+        digamma = _digamma(n) - _digamma(theta) if wants_digamma else 0.0
+    return log_gamma - math.lgamma(x + 1.0), digamma
+
+
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def count_terms_into_rows(
     log1p_ratio,
@@ -90,8 +160,6 @@ def count_terms_into_rows(
     log1p_ratio_at,
     log_gamma_table,
     digamma_table,
-    log_gamma_beyond,
-    digamma_beyond,
     wants_gradient,
     log_prob,
     d_log_theta_over_theta_at,
@@ -105,10 +173,10 @@ def count_terms_into_rows(
     non-zero counts is the sum over the zero counts. The terms at a non-zero count :math:`x` are those of
     ``_log_prob_at_counts``, in double precision: :math:`\log p = G + x(\log\mu - \log\theta - L) - \theta L`
     with :math:`L` from ``log1p_ratio_at``, :math:`\theta` from ``theta_wide`` and the log-gamma terms :math:`G` from
-    the per-gene tables (whole counts below the tables' width) or from ``log_gamma_beyond`` (the others; likewise
-    the digamma terms). With gradients: the derivative of :math:`\log p` in :math:`\log\theta`, over
-    :math:`\theta`, at each count; :math:`a = x\theta/(\theta + \mu)` at each count, and its sum over each cell's
-    counts.
+    the per-gene tables of :func:`per_gene_tables` (whole counts below the tables' width) or, for the other counts,
+    formed here (likewise the digamma terms). With gradients: the derivative of :math:`\log p` in
+    :math:`\log\theta`, over :math:`\theta`, at each count; :math:`a = x\theta/(\theta + \mu)` at each count, and
+    its sum over each cell's counts.
     """
     n_cells, n_genes = log1p_ratio.shape
     table_width = log_gamma_table.shape[1]
@@ -124,12 +192,13 @@ def count_terms_into_rows(
             x = np.float64(counts[entry])
             log_ratio = log1p_ratio_at[entry]
             whole = int(x)
-            in_table = x < table_width and x == whole
-            log_gamma = log_gamma_table[gene, whole] if in_table else log_gamma_beyond[entry]
+            if x < table_width and x == whole:
+                log_gamma, digamma = log_gamma_table[gene, whole], digamma_table[gene, whole]
+            else:
+                log_gamma, digamma = _gamma_terms(x, theta_wide[gene], wants_gradient)
             total += x * (log_mu_at[entry] - np.float64(log_theta[gene]) - log_ratio) + log_gamma
             total -= theta_wide[gene] * log_ratio
             if wants_gradient:
-                digamma = digamma_table[gene, whole] if in_table else digamma_beyond[entry]
                 theta_share = theta_wide[gene] / (theta_wide[gene] + mu_at[entry])
                 d_log_mu = (x - mu_at[entry]) * theta_share
                 d_log_theta_over_theta_at[entry] = digamma - log_ratio - d_log_mu / theta_wide[gene]
