@@ -66,14 +66,15 @@ def test_epoch_totals_weight_each_minibatch_by_its_cells():
 
 
 @pytest.mark.parametrize("backend", ["torch", "pyro"])
-def test_training_on_the_cpu_loads_the_row_loops_before_the_first_step(small_adata, monkeypatch, backend):
-    """The likelihood's compiled loops are loaded before training starts, not in its first step."""
+def test_training_on_the_cpu_loads_the_compiled_loops_before_the_first_step(small_adata, monkeypatch, backend):
+    """The compiled loops (likelihood, sparse layer) are loaded before training starts, not in its first step."""
     from lightning.pytorch.callbacks import Callback
 
-    from myvae.module import _likelihood
+    from myvae.module import _likelihood, _sparse
 
     events = []
     monkeypatch.setattr(_likelihood, "load_row_loops", lambda: events.append("loaded"))
+    monkeypatch.setattr(_sparse, "load_compiled_grouping", lambda: events.append("grouping loaded"))
 
     class FirstStep(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -81,17 +82,19 @@ def test_training_on_the_cpu_loads_the_row_loops_before_the_first_step(small_ada
 
     kwargs = fast_train_kwargs(max_epochs=1)
     mv.tl.myvae(small_adata, backend=backend, callbacks=[FirstStep()], **kwargs)
-    assert events[:2] == ["loaded", "step"] and events.count("loaded") == 1
+    assert events[:3] == ["loaded", "grouping loaded", "step"] and events.count("loaded") == 1
     events.clear()
     monkeypatch.setattr(_likelihood, "_ROW_LOOPS", False)  # without them there is nothing to load
     mv.tl.myvae(small_adata, backend=backend, callbacks=[FirstStep()], **kwargs)
-    assert "loaded" not in events and "step" in events
+    assert events[0] == "grouping loaded" and "loaded" not in events and "step" in events
 
 
-def test_loading_the_row_loops_compiles_what_training_runs():
-    from myvae.module import _likelihood, _row_loops
+def test_loading_the_compiled_loops_compiles_what_training_runs():
+    from myvae.module import _likelihood, _row_loops, _sparse
 
     _likelihood.load_row_loops()
-    for loop in (_row_loops.normalise_rows, _row_loops.count_terms_into_rows, _row_loops.row_gradients):
+    _sparse.load_compiled_grouping()
+    loops = (_row_loops.normalise_rows, _row_loops.count_terms_into_rows, _row_loops.row_gradients)
+    for loop in (*loops, _sparse._group_by_feature):
         assert any("float32" in str(signature) for signature in loop.signatures)
     assert _row_loops.per_gene_tables.signatures  # in double precision, whatever the model's

@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy import sparse
 
+from myvae.module import _sparse
 from myvae.module._sparse import _narrowest_index_dtype, row_sums, sparse_linear, sums_per_row
 
 
@@ -16,6 +17,13 @@ def counts(small_adata) -> torch.Tensor:
     return x
 
 
+@pytest.fixture(params=["compiled", "torch operations"])
+def grouping(request, monkeypatch) -> str:
+    """Run a test of the backward pass once with the compiled grouping by feature (the CPU default), once without."""
+    monkeypatch.setattr(_sparse, "_COMPILED_GROUPING", request.param == "compiled")
+    return request.param
+
+
 def _layers(n_genes: int, widths: tuple[int, ...], seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     weights = [torch.randn(n_genes, w, generator=generator, dtype=torch.float64).requires_grad_() for w in widths]
@@ -23,6 +31,7 @@ def _layers(n_genes: int, widths: tuple[int, ...], seed: int = 0) -> tuple[list[
     return weights, biases
 
 
+@pytest.mark.usefixtures("grouping")
 def test_sparse_linear_of_several_layers_equals_the_dense_product_with_each_layers_own_gradient(counts):
     x = counts.double()
     weights, biases = _layers(x.shape[1], (5, 3))
@@ -37,10 +46,27 @@ def test_sparse_linear_of_several_layers_equals_the_dense_product_with_each_laye
         assert got.is_contiguous()  # each weight's gradient in its own layout: nothing to copy when accumulating
 
 
+@pytest.mark.usefixtures("grouping")
 def test_sparse_linear_of_one_layer_passes_gradcheck(counts):
     x = counts.double().to_sparse_csr()
     weights, biases = _layers(x.shape[1], (4,))
     assert torch.autograd.gradcheck(lambda w, b: sparse_linear(x, w, b), (weights[0], biases[0]))
+
+
+def test_both_groupings_by_feature_give_the_transpose_in_the_same_order(counts, monkeypatch):
+    x = counts.clone()
+    x[:, 5] = 0.0  # a feature without entries, besides the empty cell
+    x = x.to_sparse_csr()
+    grouped = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(_sparse, "_COMPILED_GROUPING", compiled)
+        grouped[compiled] = _sparse._entries_by_feature(x.crow_indices(), x.col_indices(), x.values(), x.shape[1])
+    transpose = sparse.csr_matrix(x.to_dense().numpy()).T.tocsr()  # scipy keeps each column's rows in order
+    for got in grouped.values():
+        rows, values, starts = (t.numpy() for t in got)
+        np.testing.assert_array_equal(rows, transpose.indices)
+        np.testing.assert_array_equal(values, transpose.data)
+        np.testing.assert_array_equal(starts, transpose.indptr[:-1])
 
 
 def test_sparse_linear_wants_one_bias_per_weight(counts):

@@ -10,10 +10,26 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import numba
+import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["as_sparse_csr", "is_sparse_csr", "nonzero_entries", "row_sums", "sparse_linear", "sums_per_row"]
+__all__ = [
+    "as_sparse_csr",
+    "is_sparse_csr",
+    "load_compiled_grouping",
+    "nonzero_entries",
+    "row_sums",
+    "sparse_linear",
+    "sums_per_row",
+]
+
+_COMPILED_GROUPING = True
+"""Whether the backward pass of :func:`sparse_linear` groups the entries by feature with a compiled loop on the CPU.
+
+Elsewhere (and with this off, as a test does to compare them) it sorts them with torch operations, in the same order.
+"""
 
 
 def is_sparse_csr(x: torch.Tensor) -> bool:
@@ -151,11 +167,7 @@ class _SparseLinear(torch.autograd.Function):
         grad_weights = [None] * n_layers
         if any(weights_need):
             # entries grouped by feature: row (weight) i of x^T g sums values * grad[row] over feature i's entries
-            by_feature = torch.argsort(col_indices.to(_narrowest_index_dtype(ctx.n_features)), stable=True)
-            entries_per_feature = torch.bincount(col_indices, minlength=ctx.n_features)
-            offsets = torch.cumsum(entries_per_feature, 0) - entries_per_feature
-            rows = _row_ids(crow_indices).index_select(0, by_feature)
-            values_by_feature = values.index_select(0, by_feature)
+            rows, values_by_feature, offsets = _entries_by_feature(crow_indices, col_indices, values, ctx.n_features)
             for k, (needed, grad_k) in enumerate(zip(weights_need, grads, strict=True)):
                 if needed:
                     grad_weights[k] = F.embedding_bag(
@@ -163,3 +175,54 @@ class _SparseLinear(torch.autograd.Function):
                     )
         grad_biases = [grad_k.sum(dim=0) if needed else None for needed, grad_k in zip(biases_need, grads, strict=True)]
         return None, None, None, None, *grad_weights, *grad_biases
+
+
+def _entries_by_feature(
+    crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor, n_features: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The entries of a CSR matrix grouped by feature (column), row by row within each (the transpose's CSR arrays).
+
+    Returns their rows, their values and where each feature's entries start.
+    """
+    on_cpu = all(t.device.type == "cpu" for t in (crow_indices, col_indices, values))
+    if _COMPILED_GROUPING and on_cpu:
+        starts = torch.empty(n_features, dtype=col_indices.dtype)
+        rows, values_by_feature = torch.empty_like(col_indices), torch.empty_like(values)
+        _group_by_feature(
+            crow_indices.numpy(), col_indices.numpy(), values.detach().numpy(),
+            starts.numpy(), rows.numpy(), values_by_feature.numpy(),
+        )  # fmt: skip
+        return rows, values_by_feature, starts
+    by_feature = torch.argsort(col_indices.to(_narrowest_index_dtype(n_features)), stable=True)
+    entries_per_feature = torch.bincount(col_indices, minlength=n_features)
+    starts = torch.cumsum(entries_per_feature, 0) - entries_per_feature
+    return _row_ids(crow_indices).index_select(0, by_feature), values.index_select(0, by_feature), starts
+
+
+@numba.njit(cache=True)
+def _group_by_feature(crow_indices, col_indices, values, starts, rows, values_by_feature):  # pragma: no cover
+    """:func:`_entries_by_feature` as one counting sort (a pass to count each feature's entries, one to place them).
+
+    Writes ``starts`` (one per feature), ``rows`` and ``values_by_feature`` (one per entry).
+    """
+    n_features = starts.shape[0]
+    next_position = np.zeros(n_features + 1, dtype=starts.dtype)
+    for entry in range(col_indices.shape[0]):
+        next_position[col_indices[entry] + 1] += 1
+    for feature in range(n_features):
+        next_position[feature + 1] += next_position[feature]
+        starts[feature] = next_position[feature]
+    for row in range(crow_indices.shape[0] - 1):
+        for entry in range(crow_indices[row], crow_indices[row + 1]):
+            position = next_position[col_indices[entry]]
+            rows[position], values_by_feature[position] = row, values[entry]
+            next_position[col_indices[entry]] = position + 1
+
+
+def load_compiled_grouping() -> None:
+    """Load the compiled loop of :func:`sparse_linear`'s backward pass now (compiling it if it is not cached yet).
+
+    Training on the CPU calls this before its first epoch, so that the first step does not pay for it.
+    """
+    x = as_sparse_csr(torch.tensor([[1.0, 0.0], [2.0, 3.0]]))
+    _entries_by_feature(x.crow_indices(), x.col_indices(), x.values(), 2)
