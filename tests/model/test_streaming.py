@@ -52,6 +52,30 @@ def test_an_epoch_streams_every_training_cell_once_with_bounded_memory(small_ada
     np.testing.assert_array_equal(np.sort(validation), np.sort(val_idx))
 
 
+def test_a_group_of_chunks_is_freed_before_the_next_is_read(backed_adata):
+    """Memory holds one group of chunks (and the next as it is read), not the previous one too."""
+    import weakref
+
+    module = StreamingCountsDataModule(backed_adata.X, batch_size=8, seed=3, chunk_size=10, buffer_chunks=2)
+    minibatches = module.train_dataloader()
+    groups, read_group = [], minibatches._read_group
+
+    def recording_read_group(*args):
+        assert all(group() is None for group in groups), "an earlier group is still in memory"
+        buffer = read_group(*args)
+        values = buffer[0].data
+        while isinstance(values.base, np.ndarray):  # the array that owns the memory (views of it keep it alive)
+            values = values.base
+        groups.append(weakref.ref(values))
+        return buffer
+
+    minibatches._read_group = recording_read_group
+    held = []
+    for minibatch in minibatches:
+        held = [*held[-1:], minibatch]  # the minibatch of the step and the one fetched ahead, as Lightning holds them
+    assert len(groups) == 4 and len(held) == 2
+
+
 def test_with_every_chunk_in_one_buffer_the_minibatches_are_those_of_the_in_memory_module(small_adata, backed_adata):
     from myvae.model._datamodule import CountsDataModule
 

@@ -107,8 +107,10 @@ def float32_csr(counts: sparse.spmatrix | np.ndarray, *, owned: bool) -> sparse.
     return csr
 
 
-def csr_rows_tensor(matrix: sparse.csr_matrix, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """Rows ``start`` to ``stop`` of a SciPy CSR matrix as a sparse CSR tensor (64-bit indices), values shared.
+def csr_rows_tensor(
+    matrix: sparse.csr_matrix, start: int = 0, stop: int | None = None, *, copy: bool = False
+) -> torch.Tensor:
+    """Rows ``start`` to ``stop`` of a SciPy CSR matrix as a sparse CSR tensor (64-bit indices).
 
     Parameters
     ----------
@@ -116,15 +118,18 @@ def csr_rows_tensor(matrix: sparse.csr_matrix, start: int = 0, stop: int | None 
         Float32 CSR matrix without stored zeros.
     start, stop
         The rows, as in ``matrix[start:stop]`` (``stop=None``: to the last row).
+    copy
+        Copy the values too (else they are shared with ``matrix``, which then stays in memory as long as the tensor).
     """
     stop = matrix.shape[0] if stop is None else stop
     first, last = matrix.indptr[start], matrix.indptr[stop]
+    values = torch.from_numpy(matrix.data[first:last])
     with warnings.catch_warnings():  # torch warns once that sparse CSR support is in beta
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(
             torch.from_numpy(matrix.indptr[start : stop + 1] - first).long(),
             torch.from_numpy(matrix.indices[first:last]).long(),
-            torch.from_numpy(matrix.data[first:last]),
+            values.clone() if copy else values,
             (stop - start, matrix.shape[1]),
             check_invariants=False,
         )

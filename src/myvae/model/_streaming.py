@@ -93,50 +93,68 @@ class StreamedMinibatches:
         """Groups of chunks: the counts of their chosen rows in the order of the pass, and each row's index."""
         chunk_of_row = self.indices // self.rows.chunk_size
         for group in self._groups():
-            in_group = np.isin(chunk_of_row, group)
-            cells = self.indices[in_group]
-            if not len(cells):
-                continue
-            needed = np.unique(chunk_of_row[in_group])
-            blocks = [self.rows.read(*self.rows.bounds(chunk)) for chunk in needed]
-            offsets = np.concatenate([[0], np.cumsum([block.shape[0] for block in blocks])])
-            position_in_blocks = offsets[np.searchsorted(needed, cells // self.rows.chunk_size)]
-            position_in_blocks += cells % self.rows.chunk_size
-            if self.shuffle:
-                permutation = torch.randperm(len(cells), generator=self.generator).numpy()
-                cells, position_in_blocks = cells[permutation], position_in_blocks[permutation]
-            stacked = blocks[0] if len(blocks) == 1 else sparse.vstack(blocks, format="csr")
-            owned = len(blocks) > 1  # a single block may share its arrays with the source
-            del blocks  # held no longer than needed: memory stays bounded by about two buffers
-            if not np.array_equal(position_in_blocks, np.arange(stacked.shape[0])):
-                stacked, owned = stacked[position_in_blocks], True  # one gather, in the order of the pass
-            yield float32_csr(stacked, owned=owned), cells
+            buffer = self._read_group(group, chunk_of_row)
+            if buffer is not None:
+                yield buffer
+            del buffer  # the consumer has let go of it too: freed before the next group is read
+
+    def _read_group(self, group: np.ndarray, chunk_of_row: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray] | None:
+        """The chosen rows of a group of chunks, read and put in the order of the pass (``None`` if there are none).
+
+        At most two copies of the group's counts are held at once: the chunks as read, then their stack and its
+        gather in the order of the pass.
+        """
+        in_group = np.isin(chunk_of_row, group)
+        cells = self.indices[in_group]
+        if not len(cells):
+            return None
+        needed = np.unique(chunk_of_row[in_group])
+        blocks = [self.rows.read(*self.rows.bounds(chunk)) for chunk in needed]
+        offsets = np.concatenate([[0], np.cumsum([block.shape[0] for block in blocks])])
+        position_in_blocks = offsets[np.searchsorted(needed, cells // self.rows.chunk_size)]
+        position_in_blocks += cells % self.rows.chunk_size
+        if self.shuffle:
+            permutation = torch.randperm(len(cells), generator=self.generator).numpy()
+            cells, position_in_blocks = cells[permutation], position_in_blocks[permutation]
+        stacked = blocks[0] if len(blocks) == 1 else sparse.vstack(blocks, format="csr")
+        owned = len(blocks) > 1  # a single block may share its arrays with the source
+        del blocks
+        if not np.array_equal(position_in_blocks, np.arange(stacked.shape[0])):
+            stacked, owned = stacked[position_in_blocks], True  # one gather, in the order of the pass
+        return float32_csr(stacked, owned=owned), cells
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return islice(self._pass(), len(self))
 
     def _pass(self) -> Iterator[dict[str, torch.Tensor]]:
-        carried: tuple[sparse.csr_matrix, np.ndarray] | None = None
+        carried: tuple[sparse.csr_matrix, np.ndarray] | None = None  # rows short of a minibatch, from earlier groups
         for counts, cells in self._buffers():
-            if carried is not None:
-                counts = sparse.vstack([carried[0], counts], format="csr")
-                cells = np.concatenate([carried[1], cells])
-            n_full = counts.shape[0] // self.batch_size * self.batch_size
-            yield from self._minibatches(counts, cells, n_full)
-            carried = (counts[n_full:], cells[n_full:]) if n_full < counts.shape[0] else None
-            del counts, cells  # before the next buffer is read
+            start = 0
+            if carried is not None:  # the straddling minibatch: the rows carried over, then this group's first
+                start = min(self.batch_size - carried[0].shape[0], counts.shape[0])
+                head = sparse.vstack([carried[0], counts[:start]], format="csr")
+                carried = head, np.concatenate([carried[1], cells[:start]])
+                if head.shape[0] == self.batch_size:
+                    yield from self._minibatches(*carried, 0, self.batch_size)
+                    carried = None
+                del head
+            stop = start + (counts.shape[0] - start) // self.batch_size * self.batch_size
+            yield from self._minibatches(counts, cells, start, stop)
+            if stop < counts.shape[0]:
+                carried = counts[stop:], cells[stop:].copy()
+            del counts, cells  # before the next group is read
         if carried is not None:
-            yield from self._minibatches(*carried, carried[0].shape[0])
+            yield from self._minibatches(*carried, 0, carried[0].shape[0])
 
     def _minibatches(
-        self, counts: sparse.csr_matrix, cells: np.ndarray, n_rows: int
+        self, counts: sparse.csr_matrix, cells: np.ndarray, start: int, stop: int
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """The first ``n_rows`` rows of ``counts`` in minibatches (slices of its arrays, not copies of them)."""
-        for start in range(0, n_rows, self.batch_size):
-            stop = min(start + self.batch_size, n_rows)
-            tensors = {REGISTRY_KEYS.X_KEY: csr_rows_tensor(counts, start, stop)}
+        """Rows ``start:stop`` of ``counts`` in minibatches, each a copy (so that none keeps the group in memory)."""
+        for first in range(start, stop, self.batch_size):
+            last = min(first + self.batch_size, stop)
+            tensors = {REGISTRY_KEYS.X_KEY: csr_rows_tensor(counts, first, last, copy=True)}
             if self.batch_index is not None:
-                tensors[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.as_tensor(cells[start:stop])]
+                tensors[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.as_tensor(cells[first:last])]
             yield tensors
 
 
