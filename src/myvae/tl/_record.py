@@ -57,11 +57,25 @@ def fit_metrics(
     if restored is not None:
         metrics["restored_epoch"] = restored
     if len(model.validation_indices):
-        # increasing order: the mean does not depend on it, and counts on disk are read that way
-        validation = np.sort(model.validation_indices)
-        error = model.get_reconstruction_error(training_data, indices=validation, batch_size=DEFAULT_BATCH_SIZE)
-        metrics["reconstruction_error_validation"] = error["reconstruction_loss"]
+        metrics["reconstruction_error_validation"] = _held_out_reconstruction_error(model, training_data, epoch)
     return metrics
+
+
+def _held_out_reconstruction_error(model: MyVAE, training_data: AnnData, epoch: int) -> float:
+    """The reconstruction error per held-out cell of the model's weights, those of epoch ``epoch`` (0-based).
+
+    The PyTorch backend's validation pass logs it at every epoch, with the weights the model keeps from that epoch,
+    so it is read from the history; otherwise (the Pyro backend logs the ELBO alone, or validation skipped epochs)
+    one more pass over the held-out cells computes it, with another draw of :math:`z`.
+    """
+    history = model.history_ or {}
+    logged, epochs = history.get("reconstruction_loss_validation"), history.get("elbo_train")
+    if logged is not None and epochs is not None and len(logged) == len(epochs):
+        return float(logged.to_numpy(dtype=np.float64).ravel()[epoch])
+    # increasing order: the mean does not depend on it, and counts on disk are read that way
+    validation = np.sort(model.validation_indices)
+    error = model.get_reconstruction_error(training_data, indices=validation, batch_size=DEFAULT_BATCH_SIZE)
+    return error["reconstruction_loss"]
 
 
 def storable(value: Any) -> Any:
