@@ -57,6 +57,39 @@ def _scanpy_workflow_with_raw(adata: ad.AnnData) -> ad.AnnData:
     return adata[:, ::2].copy()
 
 
+def test_counts_in_an_unchanged_read_only_file_are_read_once(small_adata, tmp_path, monkeypatch):
+    """setup_counts and tl.myvae check the same backed counts: the second check through the same open read-only
+    file reads nothing; the file opened anew, or opened for writing, is read every time."""
+    from myvae._counts import summarise_counts
+
+    path = tmp_path / "counts.h5ad"
+    small_adata.write_h5ad(path)
+    reads, read = [], RowChunks.read
+
+    def counting_read(self, *args, **kwargs):
+        reads.append(args)
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(RowChunks, "read", counting_read)
+
+    backed = ad.read_h5ad(path, backed="r")
+    first = summarise_counts(backed.X, "adata.X")
+    assert len(reads) == 1 and first.holds_counts  # 80 cells: one chunk
+    assert summarise_counts(backed.X, "adata.X") == first and len(reads) == 1
+    backed.file.close()
+    small_adata.X = small_adata.X * 0.5  # the file rewritten, with other values: opened anew, it is read again
+    small_adata.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    assert not summarise_counts(backed.X, "adata.X").holds_counts and len(reads) == 2
+    backed.file.close()
+
+    writable = ad.read_h5ad(path, backed="r+")
+    for _ in range(2):
+        summarise_counts(writable.X, "adata.X")
+    assert len(reads) == 4
+    writable.file.close()
+
+
 def test_lognormalised_error_says_how_to_use_counts_in_raw(small_adata, unchanged):
     import myvae as mv
 
