@@ -42,7 +42,8 @@ def once_per_unchanged_file(matrix: Any, summarise: Callable[[], Summary]) -> Su
 
 def _identity(matrix: Any) -> tuple | None:
     """The open file (its HDF5 identifier, real path, size and modification time), the path in it and the shape of
-    a matrix in an HDF5 file opened read-only; ``None`` for any other matrix."""
+    a matrix in an HDF5 file opened read-only; ``None`` for any other matrix.
+    """
     node = getattr(matrix, "group", matrix)  # a backed AnnData's sparse X is a group of three datasets
     if type(node).__module__.split(".")[0] != "h5py":
         return None
