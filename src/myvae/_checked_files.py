@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-__all__ = ["once_per_unchanged_file"]
+__all__ = ["once_per_open_file"]
 
 Summary = TypeVar("Summary")
 
@@ -25,7 +25,7 @@ _KEPT = 16
 _summaries: OrderedDict[Hashable, Any] = OrderedDict()
 
 
-def once_per_unchanged_file(matrix: Any, summarise: Callable[[], Summary]) -> Summary:
+def once_per_open_file(matrix: Any, summarise: Callable[[], Summary]) -> Summary:
     """``summarise()``, or the summary it gave for the same matrix of the same HDF5 file, still open read-only."""
     key = _identity(matrix)
     if key is None:
@@ -41,8 +41,10 @@ def once_per_unchanged_file(matrix: Any, summarise: Callable[[], Summary]) -> Su
 
 
 def _identity(matrix: Any) -> tuple | None:
-    """The open file (its HDF5 identifier, real path, size and modification time), the path in it and the shape of
-    a matrix in an HDF5 file opened read-only; ``None`` for any other matrix.
+    """What identifies a matrix in an HDF5 file opened read-only; ``None`` for any other matrix.
+
+    That is the open file (its HDF5 identifier, real path, size and modification time), the matrix's path in it and
+    its shape.
     """
     node = getattr(matrix, "group", matrix)  # a backed AnnData's sparse X is a group of three datasets
     if type(node).__module__.split(".")[0] != "h5py":

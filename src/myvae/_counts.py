@@ -18,7 +18,7 @@ import numpy as np
 from anndata import AnnData
 from scipy import sparse
 
-from myvae._checked_files import once_per_unchanged_file
+from myvae._checked_files import once_per_open_file
 from myvae._exceptions import InputError
 
 __all__ = [
@@ -232,7 +232,7 @@ def summarise_counts(matrix: Any, where: str) -> CountsSummary:
     read-only are read once while the file stays unchanged (:mod:`myvae._checked_files`).
     """
     if is_out_of_core(matrix):
-        return once_per_unchanged_file(matrix, lambda: _summary_in_chunks(matrix, where, DEFAULT_CHUNK_SIZE))
+        return once_per_open_file(matrix, lambda: _summary_in_chunks(matrix, where, DEFAULT_CHUNK_SIZE))
     summary = CountsSummary.of(matrix, where)
     if matrix.shape[0] == 0:
         raise InputError(f"{where} has shape {matrix.shape}; it needs at least one cell and one gene.")
