@@ -57,9 +57,9 @@ def _scanpy_workflow_with_raw(adata: ad.AnnData) -> ad.AnnData:
     return adata[:, ::2].copy()
 
 
-def test_counts_in_an_unchanged_read_only_file_are_read_once(small_adata, tmp_path, monkeypatch):
+def test_counts_in_a_read_only_file_are_read_once_while_it_is_open(small_adata, tmp_path, monkeypatch):
     """setup_counts and tl.myvae check the same backed counts: the second check through the same open read-only
-    file reads nothing; the file opened anew, or opened for writing, is read every time."""
+    file reads nothing; the file opened anew, opened for writing or given as a file object is read every time."""
     from myvae._counts import summarise_counts
 
     path = tmp_path / "counts.h5ad"
@@ -88,6 +88,14 @@ def test_counts_in_an_unchanged_read_only_file_are_read_once(small_adata, tmp_pa
         summarise_counts(writable.X, "adata.X")
     assert len(reads) == 4
     writable.file.close()
+
+    import h5py
+
+    with open(path, "rb") as stream, h5py.File(stream, "r") as file:  # a file object: no path to check it by
+        counts = ad.io.sparse_dataset(file["X"])
+        for _ in range(2):
+            assert not summarise_counts(counts, "adata.X").holds_counts
+    assert len(reads) == 6
 
 
 def test_lognormalised_error_says_how_to_use_counts_in_raw(small_adata, unchanged):

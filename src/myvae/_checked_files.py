@@ -52,6 +52,9 @@ def _identity(matrix: Any) -> tuple | None:
     file = node.file
     if file.mode != "r":
         return None
-    status = os.stat(file.filename)
+    try:
+        status = os.stat(file.filename)
+    except (OSError, TypeError, ValueError):  # a file object, not a path: nothing to tell a rewritten file by
+        return None
     where = (os.path.realpath(file.filename), status.st_size, status.st_mtime_ns, node.name, tuple(matrix.shape))
     return file.id.id, *where
