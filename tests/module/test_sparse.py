@@ -69,6 +69,16 @@ def test_both_groupings_by_feature_give_the_transpose_in_the_same_order(counts, 
         np.testing.assert_array_equal(starts, transpose.indptr[:-1])
 
 
+def test_the_grouping_by_feature_of_half_precision_values_takes_torch_operations(counts):
+    x = counts.to_sparse_csr()
+    values = x.values().to(torch.bfloat16)  # NumPy has no bfloat16: the compiled grouping does not apply
+    rows, grouped, starts = _sparse._entries_by_feature(x.crow_indices(), x.col_indices(), values, x.shape[1])
+    transpose = sparse.csr_matrix(counts.numpy()).T.tocsr()
+    np.testing.assert_array_equal(rows.numpy(), transpose.indices)
+    np.testing.assert_array_equal(grouped.float().numpy(), transpose.data)
+    np.testing.assert_array_equal(starts.numpy(), transpose.indptr[:-1])
+
+
 def test_sparse_linear_wants_one_bias_per_weight(counts):
     weights, biases = _layers(counts.shape[1], (2, 2))
     with pytest.raises(ValueError, match="2 weights and 1 biases; pass one bias per weight"):

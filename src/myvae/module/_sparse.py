@@ -28,7 +28,8 @@ __all__ = [
 _COMPILED_GROUPING = True
 """Whether the backward pass of :func:`sparse_linear` groups the entries by feature with a compiled loop on the CPU.
 
-Elsewhere (and with this off, as a test does to compare them) it sorts them with torch operations, in the same order.
+Elsewhere, for values NumPy cannot hold (half precision) and with this off (as a test does to compare them), it
+sorts them with torch operations, in the same order.
 """
 
 
@@ -185,11 +186,12 @@ def _entries_by_feature(
     Returns their rows, their values and where each feature's entries start.
     """
     on_cpu = all(t.device.type == "cpu" for t in (crow_indices, col_indices, values))
-    if _COMPILED_GROUPING and on_cpu:
+    if _COMPILED_GROUPING and on_cpu and values.dtype in (torch.float32, torch.float64):
         starts = torch.empty(n_features, dtype=col_indices.dtype)
         rows, values_by_feature = torch.empty_like(col_indices), torch.empty_like(values)
+        crow_indices, col_indices, values = (t.detach().contiguous() for t in (crow_indices, col_indices, values))
         _group_by_feature(
-            crow_indices.numpy(), col_indices.numpy(), values.detach().numpy(),
+            crow_indices.numpy(), col_indices.numpy(), values.numpy(),
             starts.numpy(), rows.numpy(), values_by_feature.numpy(),
         )  # fmt: skip
         return rows, values_by_feature, starts
