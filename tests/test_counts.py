@@ -1,8 +1,10 @@
 """myvae._counts: counts in memory and on disk read a chunk of rows at a time, and checked chunk by chunk."""
 
 import anndata as ad
+import h5py
 import numpy as np
 import pytest
+import zarr
 from scipy import sparse
 
 from myvae import InputError
@@ -16,6 +18,26 @@ def test_row_chunks_of_a_backed_h5ad_give_the_in_memory_rows(small_adata, backed
     read = sparse.vstack([chunk for _, chunk in rows])
     np.testing.assert_array_equal(read.toarray(), small_adata.X.toarray())
     assert read.dtype == np.float32
+
+
+@pytest.mark.parametrize("store", ["h5ad", "zarr"])
+def test_row_chunks_read_stored_csr_rows_as_anndata_indexes_them(small_adata, tmp_path, monkeypatch, store):
+    """Backed CSR rows are read straight from the group's arrays (not through anndata's indexing, whose checks
+    cost as much as the reading): the same rows, values and stored type."""
+    small_adata.X = sparse.csr_matrix(small_adata.X, dtype=np.int32)
+    path = tmp_path / f"small.{store}"
+    getattr(small_adata, f"write_{store}")(path)
+    group = h5py.File(path, "r") if store == "h5ad" else zarr.open_group(path, mode="r")
+    matrix = ad.io.sparse_dataset(group["X"])
+    rows = RowChunks(matrix, chunk_size=23)
+    expected = [matrix[slice(*rows.bounds(chunk))] for chunk in range(rows.n_chunks)]
+    monkeypatch.setattr(type(matrix), "__getitem__", lambda *_: pytest.fail("read through anndata's indexing"))
+    for chunk in range(rows.n_chunks):
+        start, stop = rows.bounds(chunk)
+        read = rows.read(start, stop, dtype=None)
+        assert read.dtype == np.int32 and read.shape == (stop - start, small_adata.n_vars)
+        np.testing.assert_array_equal(read.toarray(), expected[chunk].toarray())
+        assert rows.read(start, stop).dtype == np.float32
 
 
 def test_row_chunks_of_zarr_and_dask_give_the_in_memory_rows(small_adata, tmp_path):

@@ -9,7 +9,7 @@ AnnData's ``X``, an h5py or zarr array, a dask array) is read and checked a chun
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from math import ceil
 from typing import Any
@@ -97,6 +97,7 @@ class RowChunks:
         self.shape = tuple(int(n) for n in matrix.shape)
         self.n_obs, self.n_vars = self.shape
         self.chunk_size = int(chunk_size)
+        self._csr_group = _stored_csr_group(matrix)
 
     @property
     def n_chunks(self) -> int:
@@ -110,6 +111,8 @@ class RowChunks:
 
     def read(self, start: int, stop: int, dtype: np.dtype | None = np.float32) -> sparse.csr_matrix:
         """Rows ``start:stop`` as a CSR matrix of ``dtype`` (``None``: the stored type)."""
+        if self._csr_group is not None:
+            return _read_csr_ranges(self._csr_group, [(start, stop)], self.n_vars, dtype)
         block = self.matrix[start:stop]
         if _is_dask(block):
             block = block.compute()
@@ -117,11 +120,69 @@ class RowChunks:
             block = np.asarray(block)
         return sparse.csr_matrix(block, dtype=dtype)
 
+    def read_chunks(self, chunks: Sequence[int]) -> sparse.csr_matrix:
+        """The rows of several chunks, one chunk after the other, as one float32 CSR matrix.
+
+        Stored CSR counts are read straight into the arrays of the result, so memory holds the result and nothing
+        else; other matrices are read a chunk at a time and stacked.
+        """
+        ranges = [self.bounds(chunk) for chunk in chunks]
+        if self._csr_group is not None:
+            return _read_csr_ranges(self._csr_group, ranges, self.n_vars, np.float32)
+        blocks = [self.read(start, stop) for start, stop in ranges]
+        return blocks[0] if len(blocks) == 1 else sparse.vstack(blocks, format="csr")
+
     def __iter__(self) -> Iterator[tuple[int, sparse.csr_matrix]]:
         """Every chunk in order, with its first row."""
         for chunk in range(self.n_chunks):
             start, stop = self.bounds(chunk)
             yield start, self.read(start, stop)
+
+
+def _stored_csr_group(matrix: Any) -> Any | None:
+    """The HDF5 or zarr group of a backed CSR matrix (its ``data``, ``indices`` and ``indptr``), else ``None``."""
+    from anndata.abc import CSRDataset
+
+    group = getattr(matrix, "group", None) if isinstance(matrix, CSRDataset) else None
+    if group is None or not all(name in group for name in ("data", "indices", "indptr")):
+        return None
+    return group
+
+
+def _read_csr_ranges(
+    group: Any, ranges: Sequence[tuple[int, int]], n_vars: int, dtype: np.dtype | None
+) -> sparse.csr_matrix:
+    """Row ranges of the CSR matrix stored in ``group``, one after the other, as a CSR matrix of ``dtype``.
+
+    Each range is three contiguous reads (its ``indptr``, then its ``data`` and ``indices`` straight into the arrays
+    of the result), without anndata's per-read checks (a package version lookup among them), which cost as much as
+    reading the rows.
+    """
+    pointers = [np.asarray(group["indptr"][start : stop + 1], dtype=np.int64) for start, stop in ranges]
+    sizes = np.array([pointer[-1] - pointer[0] for pointer in pointers], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    n_stored = int(starts[-1])
+    index_dtype = np.int32 if max(n_stored, n_vars) <= np.iinfo(np.int32).max else np.int64
+    data = np.empty(n_stored, dtype=group["data"].dtype if dtype is None else dtype)
+    indices = np.empty(n_stored, dtype=index_dtype)
+    for pointer, start, size in zip(pointers, starts, sizes, strict=False):
+        if size:
+            source, target = slice(int(pointer[0]), int(pointer[-1])), slice(int(start), int(start + size))
+            _read_into(data, target, group["data"], source)
+            _read_into(indices, target, group["indices"], source)
+    indptr = np.concatenate(
+        [[0]] + [pointer[1:] - pointer[0] + start for pointer, start in zip(pointers, starts, strict=False)]
+    )
+    n_rows = sum(stop - start for start, stop in ranges)
+    return sparse.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(n_rows, n_vars))
+
+
+def _read_into(target: np.ndarray, where: slice, dataset: Any, source: slice) -> None:
+    """``target[where] = dataset[source]``, straight from the file for an HDF5 dataset (no intermediate array)."""
+    if hasattr(dataset, "read_direct"):
+        dataset.read_direct(target, source_sel=np.s_[source], dest_sel=np.s_[where])
+    else:
+        target[where] = dataset[source]
 
 
 def _stored_values(matrix: Any) -> np.ndarray:
