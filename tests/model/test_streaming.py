@@ -30,13 +30,14 @@ def test_an_epoch_streams_every_training_cell_once_with_bounded_memory(small_ada
 
     # the training cells read from disk but not yet handed out: at most two chunks' worth plus a minibatch
     read_training_cells, held = [0], []
-    read = module.rows.read
+    read_chunks = module.rows.read_chunks
 
-    def counting_read(start, stop, **kwargs):
-        read_training_cells[0] += np.count_nonzero((train_idx >= start) & (train_idx < stop))
-        return read(start, stop, **kwargs)
+    def counting_read_chunks(chunks):
+        for start, stop in map(module.rows.bounds, chunks):
+            read_training_cells[0] += np.count_nonzero((train_idx >= start) & (train_idx < stop))
+        return read_chunks(chunks)
 
-    module.rows.read = counting_read
+    module.rows.read_chunks = counting_read_chunks
     first = []
     for minibatch in module.train_dataloader():
         held.append(read_training_cells[0] - len(first))

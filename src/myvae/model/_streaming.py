@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import islice
 from math import ceil
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -89,8 +89,8 @@ class StreamedMinibatches:
             chunks = chunks[torch.randperm(len(chunks), generator=self.generator).numpy()]
         return [chunks[first : first + self.buffer_chunks] for first in range(0, len(chunks), self.buffer_chunks)]
 
-    def _buffers(self) -> Iterator[tuple[sparse.csr_matrix, np.ndarray]]:
-        """Groups of chunks: the counts of their chosen rows in the order of the pass, and each row's index."""
+    def _buffers(self) -> Iterator[_Buffer]:
+        """Groups of chunks, each read whole, with the order in which the pass takes its chosen rows."""
         chunk_of_row = self.indices // self.rows.chunk_size
         for group in self._groups():
             buffer = self._read_group(group, chunk_of_row)
@@ -98,64 +98,73 @@ class StreamedMinibatches:
                 yield buffer
             del buffer  # the consumer has let go of it too: freed before the next group is read
 
-    def _read_group(self, group: np.ndarray, chunk_of_row: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray] | None:
-        """The chosen rows of a group of chunks, read and put in the order of the pass (``None`` if there are none).
+    def _read_group(self, group: np.ndarray, chunk_of_row: np.ndarray) -> _Buffer | None:
+        """The chunks of a group that hold chosen rows, and where each chosen row is among them.
 
-        At most two copies of the group's counts are held at once: the chunks as read, then their stack and its
-        gather in the order of the pass.
+        ``None`` if the group holds no chosen row. Memory holds one copy of these chunks.
         """
         in_group = np.isin(chunk_of_row, group)
         cells = self.indices[in_group]
         if not len(cells):
             return None
         needed = np.unique(chunk_of_row[in_group])
-        blocks = [self.rows.read(*self.rows.bounds(chunk)) for chunk in needed]
-        offsets = np.concatenate([[0], np.cumsum([block.shape[0] for block in blocks])])
-        position_in_blocks = offsets[np.searchsorted(needed, cells // self.rows.chunk_size)]
-        position_in_blocks += cells % self.rows.chunk_size
+        chunk_sizes = [stop - start for start, stop in map(self.rows.bounds, needed)]
+        offsets = np.concatenate([[0], np.cumsum(chunk_sizes)])
+        positions = offsets[np.searchsorted(needed, cells // self.rows.chunk_size)] + cells % self.rows.chunk_size
         if self.shuffle:
             permutation = torch.randperm(len(cells), generator=self.generator).numpy()
-            cells, position_in_blocks = cells[permutation], position_in_blocks[permutation]
-        stacked = blocks[0] if len(blocks) == 1 else sparse.vstack(blocks, format="csr")
-        owned = len(blocks) > 1  # a single block may share its arrays with the source
-        del blocks
-        if not np.array_equal(position_in_blocks, np.arange(stacked.shape[0])):
-            stacked, owned = stacked[position_in_blocks], True  # one gather, in the order of the pass
-        return float32_csr(stacked, owned=owned), cells
+            cells, positions = cells[permutation], positions[permutation]
+        counts = float32_csr(self.rows.read_chunks(needed), owned=True)
+        return _Buffer(counts, cells, None if np.array_equal(positions, np.arange(counts.shape[0])) else positions)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return islice(self._pass(), len(self))
 
     def _pass(self) -> Iterator[dict[str, torch.Tensor]]:
         carried: tuple[sparse.csr_matrix, np.ndarray] | None = None  # rows short of a minibatch, from earlier groups
-        for counts, cells in self._buffers():
-            start = 0
+        for buffer in self._buffers():
+            start, n_cells = 0, len(buffer.cells)
             if carried is not None:  # the straddling minibatch: the rows carried over, then this group's first
-                start = min(self.batch_size - carried[0].shape[0], counts.shape[0])
-                head = sparse.vstack([carried[0], counts[:start]], format="csr")
-                carried = head, np.concatenate([carried[1], cells[:start]])
+                start = min(self.batch_size - carried[0].shape[0], n_cells)
+                head = sparse.vstack([carried[0], buffer.rows(0, start)], format="csr")
+                carried = head, np.concatenate([carried[1], buffer.cells[:start]])
                 if head.shape[0] == self.batch_size:
-                    yield from self._minibatches(*carried, 0, self.batch_size)
+                    yield self._minibatch(*carried)
                     carried = None
                 del head
-            stop = start + (counts.shape[0] - start) // self.batch_size * self.batch_size
-            yield from self._minibatches(counts, cells, start, stop)
-            if stop < counts.shape[0]:
-                carried = counts[stop:], cells[stop:].copy()
-            del counts, cells  # before the next group is read
+            stop = start + (n_cells - start) // self.batch_size * self.batch_size
+            for first in range(start, stop, self.batch_size):
+                last = first + self.batch_size
+                yield self._minibatch(buffer.rows(first, last), buffer.cells[first:last])
+            if stop < n_cells:
+                carried = buffer.rows(stop, n_cells), buffer.cells[stop:].copy()
+            del buffer  # before the next group is read
         if carried is not None:
-            yield from self._minibatches(*carried, 0, carried[0].shape[0])
+            yield self._minibatch(*carried)
 
-    def _minibatches(
-        self, counts: sparse.csr_matrix, cells: np.ndarray, start: int, stop: int
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        """Rows ``start:stop`` of ``counts`` in minibatches, each a copy (so that none keeps the group in memory)."""
-        for first in range(start, stop, self.batch_size):
-            last = min(first + self.batch_size, stop)
-            tensors = {REGISTRY_KEYS.X_KEY: csr_rows_tensor(counts, first, last, copy=True)}
-            if self.batch_index is not None:
-                tensors[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.as_tensor(cells[first:last])]
-            yield tensors
+    def _minibatch(self, counts: sparse.csr_matrix, cells: np.ndarray) -> dict[str, torch.Tensor]:
+        """A minibatch of these rows (arrays of their own, not the group's) and cells."""
+        tensors = {REGISTRY_KEYS.X_KEY: csr_rows_tensor(counts)}
+        if self.batch_index is not None:
+            tensors[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.as_tensor(cells)]
+        return tensors
+
+
+class _Buffer(NamedTuple):
+    """One group's chunks as read (``counts``) and the chosen cells in the order of the pass (``cells``).
+
+    ``order`` holds each chosen cell's row of ``counts``; it is ``None`` when they are all its rows, in order.
+    """
+
+    counts: sparse.csr_matrix
+    cells: np.ndarray
+    order: np.ndarray | None
+
+    def rows(self, first: int, last: int) -> sparse.csr_matrix:
+        """The pass's rows ``first:last`` of ``counts``, in arrays of their own (SciPy copies slices too)."""
+        if self.order is None:
+            return self.counts[first:last]
+        return self.counts[self.order[first:last]]
 
 
 @doc_params(split=SPLIT_DOC)
