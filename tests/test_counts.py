@@ -69,6 +69,47 @@ def test_chunked_counts_check_sums_problems_over_chunks(small_adata, backed_adat
         check_counts_in_chunks(small_adata.X.toarray() > 0, "adata.X", chunk_size=7)
 
 
+def _with_problems(counts: sparse.csr_matrix, problem: str) -> sparse.csr_matrix:
+    counts = counts.astype(np.float32)
+    if problem == "empty cells":  # one cell without stored values, one whose stored values are all zero
+        counts = counts.tolil()
+        counts[3] = 0
+        counts = counts.tocsr()
+        counts.data[counts.indptr[40] : counts.indptr[41]] = 0
+    elif problem == "nan":
+        counts.data[[5, 500]] = np.nan
+    elif problem == "negative":
+        counts.data[7] = -2
+    elif problem == "non-integer":
+        counts.data[::3] += 0.5
+    elif problem == "integers":
+        counts = counts.astype(np.int32)
+    return counts
+
+
+@pytest.mark.parametrize("problem", ["none", "empty cells", "nan", "negative", "non-integer", "integers"])
+def test_stored_csr_counts_are_summarised_from_their_values_as_in_memory(small_adata, tmp_path, problem):
+    """Backed CSR counts are summed up from their stored values and row pointers, chunk by chunk."""
+    from dataclasses import astuple
+
+    from myvae._counts import CountsSummary, summarise_counts
+
+    counts = _with_problems(sparse.csr_matrix(small_adata.X), problem)
+    path = tmp_path / "counts.h5ad"
+    ad.AnnData(counts).write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    assert backed.X.group["data"].shape == (counts.nnz,)  # stored zeros are kept in the file
+    rows = RowChunks(backed.X, chunk_size=7)
+    summary = None
+    for values, totals in rows.stored_values():
+        part = CountsSummary.of_values(values, totals, "adata.X")
+        summary = part if summary is None else summary + part
+    for expected in (CountsSummary.of(counts, "adata.X"), summarise_counts(backed.X, "adata.X")):
+        np.testing.assert_equal(astuple(summary), astuple(expected))  # NaN minimum included
+    assert summary.n_empty == (2 if problem == "empty cells" else 0)
+    backed.file.close()
+
+
 def _scanpy_workflow_with_raw(adata: ad.AnnData) -> ad.AnnData:
     """Counts kept in adata.raw, X log-normalised, then some of the genes kept (as after selecting genes)."""
     import scanpy as sc
@@ -86,17 +127,17 @@ def test_counts_in_a_read_only_file_are_read_once_while_it_is_open(small_adata, 
 
     path = tmp_path / "counts.h5ad"
     small_adata.write_h5ad(path)
-    reads, read = [], RowChunks.read
+    reads, stored_values = [], RowChunks.stored_values
 
-    def counting_read(self, *args, **kwargs):
-        reads.append(args)
-        return read(self, *args, **kwargs)
+    def counting_stored_values(self):
+        reads.append(self.shape)
+        yield from stored_values(self)
 
-    monkeypatch.setattr(RowChunks, "read", counting_read)
+    monkeypatch.setattr(RowChunks, "stored_values", counting_stored_values)
 
     backed = ad.read_h5ad(path, backed="r")
     first = summarise_counts(backed.X, "adata.X")
-    assert len(reads) == 1 and first.holds_counts  # 80 cells: one chunk
+    assert len(reads) == 1 and first.holds_counts
     assert summarise_counts(backed.X, "adata.X") == first and len(reads) == 1
     backed.file.close()
     small_adata.X = small_adata.X * 0.5  # the file rewritten, with other values: opened anew, it is read again

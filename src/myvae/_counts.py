@@ -10,6 +10,7 @@ AnnData's ``X``, an h5py or zarr array, a dask array) is read and checked a chun
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from math import ceil
 from typing import Any
@@ -98,6 +99,7 @@ class RowChunks:
         self.n_obs, self.n_vars = self.shape
         self.chunk_size = int(chunk_size)
         self._csr_group = _stored_csr_group(matrix)
+        self._idle_arrays: ReusedArrays | None = None
 
     @property
     def n_chunks(self) -> int:
@@ -112,7 +114,7 @@ class RowChunks:
     def read(self, start: int, stop: int, dtype: np.dtype | None = np.float32) -> sparse.csr_matrix:
         """Rows ``start:stop`` as a CSR matrix of ``dtype`` (``None``: the stored type)."""
         if self._csr_group is not None:
-            return _read_csr_ranges(self._csr_group, [(start, stop)], self.n_vars, dtype)
+            return _read_csr_ranges(self._csr_group, [(start, stop)], self.n_vars, dtype, _new_array)
         block = self.matrix[start:stop]
         if _is_dask(block):
             block = block.compute()
@@ -120,17 +122,59 @@ class RowChunks:
             block = np.asarray(block)
         return sparse.csr_matrix(block, dtype=dtype)
 
-    def read_chunks(self, chunks: Sequence[int]) -> sparse.csr_matrix:
+    def read_chunks(self, chunks: Sequence[int], *, into: ReusedArrays | None = None) -> sparse.csr_matrix:
         """The rows of several chunks, one chunk after the other, as one float32 CSR matrix.
 
         Stored CSR counts are read straight into the arrays of the result, so memory holds the result and nothing
         else; other matrices are read a chunk at a time and stacked.
+
+        Parameters
+        ----------
+        chunks
+            The chunks, in the order their rows come in the result.
+        into
+            Read stored CSR counts into these arrays (from :meth:`reused_arrays`), overwriting the result of the
+            previous read into them: for a caller that is done with it. Fresh memory costs the system about as much
+            time as the reading itself.
         """
         ranges = [self.bounds(chunk) for chunk in chunks]
         if self._csr_group is not None:
-            return _read_csr_ranges(self._csr_group, ranges, self.n_vars, np.float32)
+            allocate = _new_array if into is None else into.take
+            return _read_csr_ranges(self._csr_group, ranges, self.n_vars, np.float32, allocate)
         blocks = [self.read(start, stop) for start, stop in ranges]
         return blocks[0] if len(blocks) == 1 else sparse.vstack(blocks, format="csr")
+
+    @contextmanager
+    def reused_arrays(self) -> Iterator[ReusedArrays]:
+        """Arrays for one sequence of reads at a time (:meth:`read_chunks`), kept for the next sequence.
+
+        A sequence that starts while another holds the kept arrays (validation in the middle of a training epoch)
+        gets arrays of its own.
+        """
+        arrays, self._idle_arrays = self._idle_arrays or ReusedArrays(), None
+        try:
+            yield arrays
+        finally:
+            self._idle_arrays = arrays
+
+    def stored_values(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every chunk's stored values (of the stored type) and the total counts of its cells, in row order.
+
+        Stored CSR counts are summed from their values and row pointers alone, read into the same array each time;
+        the values of a chunk are overwritten by the next one's.
+        """
+        if self._csr_group is None:
+            for chunk in range(self.n_chunks):
+                block = self.read(*self.bounds(chunk), dtype=None)
+                yield block.data, np.asarray(block.sum(axis=1)).ravel()
+            return
+        stored, arrays = self._csr_group["data"], ReusedArrays()
+        for chunk in range(self.n_chunks):
+            start, stop = self.bounds(chunk)
+            pointers = np.asarray(self._csr_group["indptr"][start : stop + 1], dtype=np.int64)
+            values = arrays.take("values", int(pointers[-1] - pointers[0]), stored.dtype)
+            _read_into(values, slice(0, len(values)), stored, slice(int(pointers[0]), int(pointers[-1])))
+            yield values, _row_totals(values, pointers - pointers[0])
 
     def __iter__(self) -> Iterator[tuple[int, sparse.csr_matrix]]:
         """Every chunk in order, with its first row."""
@@ -150,21 +194,25 @@ def _stored_csr_group(matrix: Any) -> Any | None:
 
 
 def _read_csr_ranges(
-    group: Any, ranges: Sequence[tuple[int, int]], n_vars: int, dtype: np.dtype | None
+    group: Any,
+    ranges: Sequence[tuple[int, int]],
+    n_vars: int,
+    dtype: np.dtype | None,
+    allocate: Callable[[str, int, np.dtype], np.ndarray],
 ) -> sparse.csr_matrix:
     """Row ranges of the CSR matrix stored in ``group``, one after the other, as a CSR matrix of ``dtype``.
 
     Each range is three contiguous reads (its ``indptr``, then its ``data`` and ``indices`` straight into the arrays
-    of the result), without anndata's per-read checks (a package version lookup among them), which cost as much as
-    reading the rows.
+    of the result, which ``allocate(name, size, dtype)`` gives), without anndata's per-read checks (a package version
+    lookup among them), which cost as much as reading the rows.
     """
     pointers = [np.asarray(group["indptr"][start : stop + 1], dtype=np.int64) for start, stop in ranges]
     sizes = np.array([pointer[-1] - pointer[0] for pointer in pointers], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     n_stored = int(starts[-1])
-    index_dtype = np.int32 if max(n_stored, n_vars) <= np.iinfo(np.int32).max else np.int64
-    data = np.empty(n_stored, dtype=group["data"].dtype if dtype is None else dtype)
-    indices = np.empty(n_stored, dtype=index_dtype)
+    index_dtype = np.dtype(np.int32 if max(n_stored, n_vars) <= np.iinfo(np.int32).max else np.int64)
+    data = allocate("data", n_stored, group["data"].dtype if dtype is None else np.dtype(dtype))
+    indices = allocate("indices", n_stored, index_dtype)
     for pointer, start, size in zip(pointers, starts, sizes, strict=False):
         if size:
             source, target = slice(int(pointer[0]), int(pointer[-1])), slice(int(start), int(start + size))
@@ -175,6 +223,42 @@ def _read_csr_ranges(
     )
     n_rows = sum(stop - start for start, stop in ranges)
     return sparse.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(n_rows, n_vars))
+
+
+def _row_totals(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """The sum of each row of a CSR matrix, from its stored values and row pointers (64-bit, so no overflow)."""
+    totals_dtype = np.float64 if np.issubdtype(values.dtype, np.floating) else np.int64
+    totals = np.zeros(len(indptr) - 1, dtype=totals_dtype)
+    stored = np.flatnonzero(np.diff(indptr))  # rows with stored values; each sums up to the next one's start
+    if len(stored):
+        totals[stored] = np.add.reduceat(values, indptr[stored], dtype=totals_dtype)
+    return totals
+
+
+def _new_array(name: str, size: int, dtype: np.dtype) -> np.ndarray:
+    """A new, uninitialised array (``name`` says what it is for, as :meth:`ReusedArrays.take` is told)."""
+    return np.empty(size, dtype=dtype)
+
+
+class ReusedArrays:
+    """Flat arrays handed out again for each read, one per purpose, so that reading does not ask for fresh memory.
+
+    An array too small or of another type is let go and replaced by a larger one, with room to spare so that
+    slightly larger reads do not replace it again.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, size: int, dtype: np.dtype) -> np.ndarray:
+        """The first ``size`` elements of the array for ``name``; whatever an earlier caller read there is lost."""
+        array = self._arrays.get(name)
+        if array is None or array.dtype != dtype or array.size < size:
+            capacity = size if array is None or array.dtype != dtype else max(size, array.size + array.size // 8)
+            self._arrays.pop(name, None)
+            array = None  # the old one goes before the new one is made
+            array = self._arrays[name] = np.empty(capacity, dtype=dtype)
+        return array[:size]
 
 
 def _read_into(target: np.ndarray, where: slice, dataset: Any, source: slice) -> None:
@@ -190,6 +274,12 @@ def _stored_values(matrix: Any) -> np.ndarray:
     if sparse.issparse(matrix):
         return np.asarray(matrix.data)
     return np.asarray(matrix)
+
+
+def _refuse_non_numeric(dtype: np.dtype, where: str) -> None:
+    """Refuse values that cannot be counts: booleans, complex numbers, strings, objects."""
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"{where} has dtype {dtype}; it must hold counts as integers or floats.")
 
 
 @dataclass
@@ -226,8 +316,13 @@ class CountsSummary:
         if matrix.ndim != 2 or matrix.shape[1] == 0:
             raise InputError(f"{where} has shape {matrix.shape}; it needs at least one cell and one gene.")
         values = _stored_values(matrix)
-        if values.dtype == bool or not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
-            raise InputError(f"{where} has dtype {values.dtype}; it must hold counts as integers or floats.")
+        _refuse_non_numeric(values.dtype, where)
+        return cls.of_values(values, np.asarray(matrix.sum(axis=1)).ravel(), where)
+
+    @classmethod
+    def of_values(cls, values: np.ndarray, row_totals: np.ndarray, where: str) -> CountsSummary:
+        """Summarise a matrix from its stored values and the total counts of its cells."""
+        _refuse_non_numeric(values.dtype, where)
         summary = cls(values.dtype, minimum=float(values.min()) if values.size else 0.0)
         if np.issubdtype(values.dtype, np.floating):
             finite = np.isfinite(values)
@@ -235,8 +330,7 @@ class CountsSummary:
             if summary.n_not_finite:
                 values = values[finite]
             summary.non_integer = not np.array_equal(values, np.round(values))
-        totals = np.asarray(matrix.sum(axis=1)).ravel()
-        summary.n_empty = int(np.count_nonzero(totals == 0))
+        summary.n_empty = int(np.count_nonzero(row_totals == 0))
         return summary
 
     def __add__(self, other: CountsSummary) -> CountsSummary:
@@ -305,8 +399,8 @@ def _summary_in_chunks(matrix: Any, where: str, chunk_size: int) -> CountsSummar
     if rows.n_obs == 0 or rows.n_vars == 0:
         raise InputError(f"{where} has shape {rows.shape}; it needs at least one cell and one gene.")
     summary = None
-    for chunk in range(rows.n_chunks):
-        chunk_summary = CountsSummary.of(rows.read(*rows.bounds(chunk), dtype=None), where)
+    for values, row_totals in rows.stored_values():
+        chunk_summary = CountsSummary.of_values(values, row_totals, where)
         summary = chunk_summary if summary is None else summary + chunk_summary
     return summary
 
