@@ -32,10 +32,10 @@ def test_an_epoch_streams_every_training_cell_once_with_bounded_memory(small_ada
     read_training_cells, held = [0], []
     read_chunks = module.rows.read_chunks
 
-    def counting_read_chunks(chunks):
+    def counting_read_chunks(chunks, **kwargs):
         for start, stop in map(module.rows.bounds, chunks):
             read_training_cells[0] += np.count_nonzero((train_idx >= start) & (train_idx < stop))
-        return read_chunks(chunks)
+        return read_chunks(chunks, **kwargs)
 
     module.rows.read_chunks = counting_read_chunks
     first = []
@@ -53,20 +53,25 @@ def test_an_epoch_streams_every_training_cell_once_with_bounded_memory(small_ada
     np.testing.assert_array_equal(np.sort(validation), np.sort(val_idx))
 
 
-def test_a_group_of_chunks_is_freed_before_the_next_is_read(backed_adata):
-    """Memory holds one group of chunks (and the next as it is read), not the previous one too."""
+def test_a_group_of_chunks_is_read_over_the_previous_one(backed_adata):
+    """Memory holds one group of chunks: each is read into the arrays of the one before, or those are freed."""
     import weakref
 
     module = StreamingCountsDataModule(backed_adata.X, batch_size=8, seed=3, chunk_size=10, buffer_chunks=2)
     minibatches = module.train_dataloader()
-    groups, read_group = [], minibatches._read_group
+    groups, reused, read_group = [], [], minibatches._read_group
 
-    def recording_read_group(*args):
-        assert all(group() is None for group in groups), "an earlier group is still in memory"
-        buffer = read_group(*args)
-        values = buffer[0].data
+    def owner(values):
         while isinstance(values.base, np.ndarray):  # the array that owns the memory (views of it keep it alive)
             values = values.base
+        return values
+
+    def recording_read_group(*args):
+        buffer = read_group(*args)
+        values = owner(buffer.counts.data)
+        earlier = [group() for group in groups]
+        assert all(group is None or group is values for group in earlier), "an earlier group is still in memory"
+        reused.append(any(group is values for group in earlier))
         groups.append(weakref.ref(values))
         return buffer
 
@@ -74,7 +79,12 @@ def test_a_group_of_chunks_is_freed_before_the_next_is_read(backed_adata):
     held = []
     for minibatch in minibatches:
         held = [*held[-1:], minibatch]  # the minibatch of the step and the one fetched ahead, as Lightning holds them
+        group = groups[-1]()
+        # the minibatches have arrays of their own, which the next group, read over this one, leaves as they are
+        assert group is None or not any(np.shares_memory(group, batch["X"].values().numpy()) for batch in held)
+        del group  # not kept alive by the test
     assert len(groups) == 4 and len(held) == 2
+    assert any(reused)  # read into the same arrays rather than new ones
 
 
 def test_with_every_chunk_in_one_buffer_the_minibatches_are_those_of_the_in_memory_module(small_adata, backed_adata):
@@ -110,6 +120,27 @@ def test_streamed_rows_for_inference_come_in_increasing_order(small_adata, backe
     np.testing.assert_array_equal(_cells_of(streamed_rows(backed_adata.X, None, batch_size=32), counts), np.arange(80))
     with pytest.raises(InputError, match="increasing order without repeats"):
         streamed_rows(backed_adata.X, np.array([5, 2]), batch_size=4)
+
+
+def test_an_inference_pass_of_views_over_several_chunks_reads_each_into_the_same_memory(small_adata, backed_adata):
+    """Views share the chunk read (used one at a time, they are right); copies can all be kept."""
+    from myvae._counts import RowChunks
+    from myvae.model._streaming import StreamedMinibatches
+
+    counts = small_adata.X.toarray().astype(np.float32)
+    rows = RowChunks(backed_adata.X, chunk_size=16)
+    views = StreamedMinibatches(rows, np.arange(80), 8, buffer_chunks=1, views=True)
+    values = []
+    for first, minibatch in zip(range(0, 80, 8), views, strict=True):
+        np.testing.assert_array_equal(minibatch[REGISTRY_KEYS.X_KEY].to_dense().numpy(), counts[first : first + 8])
+        values.append(minibatch[REGISTRY_KEYS.X_KEY].values())
+    # minibatches of different chunks (two minibatches each) are views of the same memory, read into again
+    pairs = [(a, b) for a in range(len(values)) for b in range(a + 1, len(values)) if a // 2 != b // 2]
+    assert any(np.shares_memory(values[a].numpy(), values[b].numpy()) for a, b in pairs)
+
+    copies = list(StreamedMinibatches(rows, np.arange(80), 8, buffer_chunks=1))
+    dense = torch.cat([minibatch[REGISTRY_KEYS.X_KEY].to_dense() for minibatch in copies]).numpy()
+    np.testing.assert_array_equal(dense, counts)
 
 
 def test_an_ordered_pass_reads_the_source_without_changing_it(small_adata):

@@ -108,7 +108,12 @@ def float32_csr(counts: sparse.spmatrix | np.ndarray, *, owned: bool) -> sparse.
 
 
 def csr_rows_tensor(
-    matrix: sparse.csr_matrix, start: int = 0, stop: int | None = None, *, copy: bool = False
+    matrix: sparse.csr_matrix,
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    copy: bool = False,
+    wide_indices: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Rows ``start`` to ``stop`` of a SciPy CSR matrix as a sparse CSR tensor (64-bit indices).
 
@@ -120,6 +125,8 @@ def csr_rows_tensor(
         The rows, as in ``matrix[start:stop]`` (``stop=None``: to the last row).
     copy
         Copy the values too (else they are shared with ``matrix``, which then stays in memory as long as the tensor).
+    wide_indices
+        ``matrix.indices`` as 64-bit integers, if at hand: the tensor then shares them rather than a converted copy.
     """
     stop = matrix.shape[0] if stop is None else stop
     first, last = matrix.indptr[start], matrix.indptr[stop]
@@ -128,7 +135,7 @@ def csr_rows_tensor(
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(
             torch.from_numpy(matrix.indptr[start : stop + 1] - first).long(),
-            torch.from_numpy(matrix.indices[first:last]).long(),
+            torch.from_numpy((matrix.indices if wide_indices is None else wide_indices)[first:last]).long(),
             values.clone() if copy else values,
             (stop - start, matrix.shape[1]),
             check_invariants=False,

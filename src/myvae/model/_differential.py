@@ -106,7 +106,7 @@ def _encode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Mean and standard deviation of :math:`q(z \mid x)` of the given cells (strictly increasing rows)."""
     locs, scales = [], []
-    for tensors in streamed_rows(counts, cells, batch_size):
+    for tensors in streamed_rows(counts, cells, batch_size, views=True):  # each used before the next
         qz = networks.posterior(tensors[REGISTRY_KEYS.X_KEY].to(device))
         locs.append(qz.loc)
         scales.append(qz.scale)

@@ -60,13 +60,23 @@ class PosteriorMixin:
             return super()._make_data_loader(
                 adata, indices, batch_size, shuffle, data_loader_class, **data_loader_kwargs
             )
+        return self._sparse_minibatches(adata, indices, batch_size)
+
+    def _sparse_minibatches(
+        self, adata: AnnData, indices: Sequence[int] | None, batch_size: int | None, *, views: bool = False
+    ):
+        """Minibatches of sparse CSR counts of the chosen cells of ``adata``, in order.
+
+        With ``views``, minibatches read from disk share memory with the next read: each must be used before the
+        next is taken (they are not copied).
+        """
         manager = self.get_anndata_manager(adata, required=True)
         counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         batch_index = manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY) if self.n_batch > 1 else None
         batch_size = batch_size or scvi.settings.batch_size
         if not is_out_of_core(counts):
             return in_memory_rows(counts, indices, batch_size, batch_index=batch_index)
-        return streamed_rows(counts, indices, batch_size, batch_index=batch_codes(batch_index))
+        return streamed_rows(counts, indices, batch_size, batch_index=batch_codes(batch_index), views=views)
 
     def _per_cell(
         self,
@@ -78,9 +88,7 @@ class PosteriorMixin:
         """``compute`` of every minibatch of the chosen cells, concatenated (cells first)."""
         if adata is not None:
             check_same_genes(self.adata.var_names, adata.var_names)
-        minibatches = self._make_data_loader(
-            adata=self._validate_anndata(adata), indices=indices, batch_size=batch_size
-        )
+        minibatches = self._sparse_minibatches(self._validate_anndata(adata), indices, batch_size, views=True)
         self.module.eval()
         device = next(self.module.parameters()).device  # Pyro's module base class has no ``device``
         with torch.inference_mode():

@@ -20,7 +20,7 @@ import torch
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
-from myvae._counts import DEFAULT_CHUNK_SIZE, RowChunks
+from myvae._counts import DEFAULT_CHUNK_SIZE, ReusedArrays, RowChunks
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
 from myvae.model._datamodule import SPLIT_DOC, BaseCountsDataModule, csr_rows_tensor, float32_csr
@@ -56,6 +56,10 @@ class StreamedMinibatches:
         Batch code of every row (rows × 1), added to each minibatch when given.
     max_minibatches
         Stop after this many minibatches (``None``: pass over every chosen row).
+    views
+        Hand out minibatches of consecutive rows as views of the group of chunks read, without copying them: for a
+        consumer that is done with each minibatch before it asks for the next (inference), since the next group is
+        read into the same arrays.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class StreamedMinibatches:
         generator: torch.Generator | None = None,
         batch_index: torch.Tensor | None = None,
         max_minibatches: int | None = None,
+        views: bool = False,
     ):
         self.rows = rows
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -78,6 +83,7 @@ class StreamedMinibatches:
         self.generator = generator
         self.batch_index = batch_index
         self.max_minibatches = max_minibatches
+        self.views = views
 
     def __len__(self) -> int:
         n_minibatches = ceil(len(self.indices) / self.batch_size)
@@ -90,34 +96,56 @@ class StreamedMinibatches:
         return [chunks[first : first + self.buffer_chunks] for first in range(0, len(chunks), self.buffer_chunks)]
 
     def _buffers(self) -> Iterator[_Buffer]:
-        """Groups of chunks, each read whole, with the order in which the pass takes its chosen rows."""
-        chunk_of_row = self.indices // self.rows.chunk_size
+        """Groups of chunks, each read whole, with the order in which the pass takes its chosen rows.
+
+        Each group is read into the arrays of the one before (stored CSR counts), which the pass has let go of: every
+        minibatch has arrays of its own.
+        """
+        arrays = ReusedArrays()
+        rows_by_chunk = self._rows_by_chunk()
         for group in self._groups():
-            buffer = self._read_group(group, chunk_of_row)
+            members = np.sort(np.concatenate([rows_by_chunk[chunk] for chunk in group]))
+            buffer = self._read_group(self.indices[members], arrays)
             if buffer is not None:
                 yield buffer
-            del buffer  # the consumer has let go of it too: freed before the next group is read
+            del buffer  # the consumer has let go of it too
 
-    def _read_group(self, group: np.ndarray, chunk_of_row: np.ndarray) -> _Buffer | None:
-        """The chunks of a group that hold chosen rows, and where each chosen row is among them.
+    def _rows_by_chunk(self) -> list[np.ndarray]:
+        """For each chunk, the positions in ``indices`` of the chosen rows it holds (found once per pass)."""
+        chunk_of_row = self.indices // self.rows.chunk_size
+        by_chunk = np.argsort(chunk_of_row, kind="stable")
+        bounds = np.searchsorted(chunk_of_row[by_chunk], np.arange(self.rows.n_chunks + 1))
+        return [by_chunk[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
-        ``None`` if the group holds no chosen row. Memory holds one copy of these chunks.
+    def _read_group(self, cells: np.ndarray, arrays: ReusedArrays) -> _Buffer | None:
+        """The chunks holding ``cells`` (chosen rows, in the order of ``indices``), and where each cell is among them.
+
+        ``None`` if there are no cells. Memory holds one copy of these chunks, read into ``arrays``.
         """
-        in_group = np.isin(chunk_of_row, group)
-        cells = self.indices[in_group]
         if not len(cells):
             return None
-        needed = np.unique(chunk_of_row[in_group])
+        needed = np.unique(cells // self.rows.chunk_size)
         chunk_sizes = [stop - start for start, stop in map(self.rows.bounds, needed)]
         offsets = np.concatenate([[0], np.cumsum(chunk_sizes)])
         positions = offsets[np.searchsorted(needed, cells // self.rows.chunk_size)] + cells % self.rows.chunk_size
         if self.shuffle:
             permutation = torch.randperm(len(cells), generator=self.generator).numpy()
             cells, positions = cells[permutation], positions[permutation]
-        counts = float32_csr(self.rows.read_chunks(needed), owned=True)
-        return _Buffer(counts, cells, None if np.array_equal(positions, np.arange(counts.shape[0])) else positions)
+        counts = float32_csr(self.rows.read_chunks(needed, into=arrays), owned=True)
+        if not np.array_equal(positions, np.arange(counts.shape[0])):
+            return _Buffer(counts, cells, positions)
+        if not self.views:
+            return _Buffer(counts, cells, None)
+        # the column indices as torch takes them, converted once for the group rather than once per minibatch
+        wide_indices = arrays.take("wide_indices", counts.nnz, np.dtype(np.int64))
+        wide_indices[:] = counts.indices
+        return _Buffer(counts, cells, None, wide_indices)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.max_minibatches is None:
+            # run to its end, so that the arrays the groups were read into are freed at once (not when the
+            # suspended pass is collected: the training pass would otherwise hold them through validation)
+            return self._pass()
         return islice(self._pass(), len(self))
 
     def _pass(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -129,22 +157,22 @@ class StreamedMinibatches:
                 head = sparse.vstack([carried[0], buffer.rows(0, start)], format="csr")
                 carried = head, np.concatenate([carried[1], buffer.cells[:start]])
                 if head.shape[0] == self.batch_size:
-                    yield self._minibatch(*carried)
+                    yield self._minibatch(csr_rows_tensor(head), carried[1])
                     carried = None
                 del head
             stop = start + (n_cells - start) // self.batch_size * self.batch_size
             for first in range(start, stop, self.batch_size):
                 last = first + self.batch_size
-                yield self._minibatch(buffer.rows(first, last), buffer.cells[first:last])
+                yield self._minibatch(buffer.tensor(first, last), buffer.cells[first:last])
             if stop < n_cells:
                 carried = buffer.rows(stop, n_cells), buffer.cells[stop:].copy()
-            del buffer  # before the next group is read
+            del buffer  # before the next group is read into its arrays
         if carried is not None:
-            yield self._minibatch(*carried)
+            yield self._minibatch(csr_rows_tensor(carried[0]), carried[1])
 
-    def _minibatch(self, counts: sparse.csr_matrix, cells: np.ndarray) -> dict[str, torch.Tensor]:
-        """A minibatch of these rows (arrays of their own, not the group's) and cells."""
-        tensors = {REGISTRY_KEYS.X_KEY: csr_rows_tensor(counts)}
+    def _minibatch(self, counts: torch.Tensor, cells: np.ndarray) -> dict[str, torch.Tensor]:
+        """The minibatch of these counts (a sparse CSR tensor) and cells."""
+        tensors = {REGISTRY_KEYS.X_KEY: counts}
         if self.batch_index is not None:
             tensors[REGISTRY_KEYS.BATCH_KEY] = self.batch_index[torch.as_tensor(cells)]
         return tensors
@@ -154,17 +182,27 @@ class _Buffer(NamedTuple):
     """One group's chunks as read (``counts``) and the chosen cells in the order of the pass (``cells``).
 
     ``order`` holds each chosen cell's row of ``counts``; it is ``None`` when they are all its rows, in order.
+    ``wide_indices``, given when minibatches are views of ``counts``, are its column indices as 64-bit integers.
     """
 
     counts: sparse.csr_matrix
     cells: np.ndarray
     order: np.ndarray | None
+    wide_indices: np.ndarray | None = None
 
     def rows(self, first: int, last: int) -> sparse.csr_matrix:
         """The pass's rows ``first:last`` of ``counts``, in arrays of their own (SciPy copies slices too)."""
         if self.order is None:
             return self.counts[first:last]
         return self.counts[self.order[first:last]]
+
+    def tensor(self, first: int, last: int) -> torch.Tensor:
+        """The pass's rows ``first:last`` as a sparse CSR tensor (a view of ``counts`` given ``wide_indices``)."""
+        if self.order is not None:
+            return csr_rows_tensor(self.rows(first, last))
+        if self.wide_indices is not None:
+            return csr_rows_tensor(self.counts, first, last, wide_indices=self.wide_indices)
+        return csr_rows_tensor(self.counts, first, last, copy=True)
 
 
 @doc_params(split=SPLIT_DOC)
@@ -227,7 +265,12 @@ class StreamingCountsDataModule(BaseCountsDataModule):
 
 
 def streamed_rows(
-    counts: Any, indices: np.ndarray | None, batch_size: int, batch_index: torch.Tensor | None = None
+    counts: Any,
+    indices: np.ndarray | None,
+    batch_size: int,
+    batch_index: torch.Tensor | None = None,
+    *,
+    views: bool = False,
 ) -> StreamedMinibatches:
     """Minibatches of the given cells of an on-disk matrix, in increasing order, for inference.
 
@@ -241,6 +284,9 @@ def streamed_rows(
         Cells per minibatch.
     batch_index
         Batch code of every cell (cells × 1), if the model has batches.
+    views
+        Hand out views of the chunk read rather than copies: each minibatch must be used before the next is taken,
+        since the next chunk is read into the same memory.
     """
     rows = RowChunks(counts)
     if indices is None:
@@ -252,4 +298,4 @@ def streamed_rows(
             "`np.unique(indices)`; the cells come back in that order."
         )
     # an ordered pass needs no shuffling buffer: one chunk in memory at a time
-    return StreamedMinibatches(rows, indices, batch_size, buffer_chunks=1, batch_index=batch_index)
+    return StreamedMinibatches(rows, indices, batch_size, buffer_chunks=1, batch_index=batch_index, views=views)
