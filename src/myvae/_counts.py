@@ -10,7 +10,6 @@ AnnData's ``X``, an h5py or zarr array, a dask array) is read and checked a chun
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from math import ceil
 from typing import Any
@@ -99,7 +98,6 @@ class RowChunks:
         self.n_obs, self.n_vars = self.shape
         self.chunk_size = int(chunk_size)
         self._csr_group = _stored_csr_group(matrix)
-        self._idle_arrays: ReusedArrays | None = None
 
     @property
     def n_chunks(self) -> int:
@@ -133,8 +131,8 @@ class RowChunks:
         chunks
             The chunks, in the order their rows come in the result.
         into
-            Read stored CSR counts into these arrays (from :meth:`reused_arrays`), overwriting the result of the
-            previous read into them: for a caller that is done with it. Fresh memory costs the system about as much
+            Read stored CSR counts into these arrays, overwriting the result of the previous read into them: for a
+            caller that is done with it. Fresh memory costs the system about as much
             time as the reading itself.
         """
         ranges = [self.bounds(chunk) for chunk in chunks]
@@ -143,19 +141,6 @@ class RowChunks:
             return _read_csr_ranges(self._csr_group, ranges, self.n_vars, np.float32, allocate)
         blocks = [self.read(start, stop) for start, stop in ranges]
         return blocks[0] if len(blocks) == 1 else sparse.vstack(blocks, format="csr")
-
-    @contextmanager
-    def reused_arrays(self) -> Iterator[ReusedArrays]:
-        """Arrays for one sequence of reads at a time (:meth:`read_chunks`), kept for the next sequence.
-
-        A sequence that starts while another holds the kept arrays (validation in the middle of a training epoch)
-        gets arrays of its own.
-        """
-        arrays, self._idle_arrays = self._idle_arrays or ReusedArrays(), None
-        try:
-            yield arrays
-        finally:
-            self._idle_arrays = arrays
 
     def stored_values(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every chunk's stored values (of the stored type) and the total counts of its cells, in row order.
@@ -211,13 +196,14 @@ def _read_csr_ranges(
     starts = np.concatenate([[0], np.cumsum(sizes)])
     n_stored = int(starts[-1])
     index_dtype = np.dtype(np.int32 if max(n_stored, n_vars) <= np.iinfo(np.int32).max else np.int64)
-    data = allocate("data", n_stored, group["data"].dtype if dtype is None else np.dtype(dtype))
+    stored_data, stored_indices = group["data"], group["indices"]
+    data = allocate("data", n_stored, stored_data.dtype if dtype is None else np.dtype(dtype))
     indices = allocate("indices", n_stored, index_dtype)
     for pointer, start, size in zip(pointers, starts, sizes, strict=False):
         if size:
             source, target = slice(int(pointer[0]), int(pointer[-1])), slice(int(start), int(start + size))
-            _read_into(data, target, group["data"], source)
-            _read_into(indices, target, group["indices"], source)
+            _read_into(data, target, stored_data, source)
+            _read_into(indices, target, stored_indices, source)
     indptr = np.concatenate(
         [[0]] + [pointer[1:] - pointer[0] + start for pointer, start in zip(pointers, starts, strict=False)]
     )
@@ -252,12 +238,12 @@ class ReusedArrays:
 
     def take(self, name: str, size: int, dtype: np.dtype) -> np.ndarray:
         """The first ``size`` elements of the array for ``name``; whatever an earlier caller read there is lost."""
-        array = self._arrays.get(name)
+        array = self._arrays.pop(name, None)
         if array is None or array.dtype != dtype or array.size < size:
             capacity = size if array is None or array.dtype != dtype else max(size, array.size + array.size // 8)
-            self._arrays.pop(name, None)
-            array = None  # the old one goes before the new one is made
-            array = self._arrays[name] = np.empty(capacity, dtype=dtype)
+            del array  # the old one goes before the new one is made
+            array = np.empty(capacity, dtype=dtype)
+        self._arrays[name] = array
         return array[:size]
 
 
