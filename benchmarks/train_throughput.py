@@ -356,12 +356,26 @@ def _fastest_of(path: Path, methods: list[str], epochs: int, repeats: int) -> di
     return results
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it (``None`` elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
 def _machine() -> dict:
     import torch
 
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        # the matmul-only ceiling depends on the vector instructions torch's kernels use (AVX2, AVX512, ...): a
+        # ceiling fraction compares like with like only on the same kind of CPU
+        "cpu_model": _cpu_model(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -596,13 +610,23 @@ def _load(result: dict) -> str:
     return "—" if not load or None in load else f"{load[0]:.1f} → {load[1]:.1f}"
 
 
+def _cpu_description(machine: dict) -> str:
+    """The processor, with its model and the vector instructions torch's kernels use where the run recorded them."""
+    details = [
+        machine.get("cpu_model"),
+        machine.get("torch_cpu_capability") and f"torch kernels: {machine['torch_cpu_capability']}",
+    ]
+    details = [detail for detail in details if detail]
+    return machine["processor"] + (f" ({'; '.join(details)})" if details else "")
+
+
 def markdown_report(report: dict) -> str:
     """The benchmark's figures as Markdown tables, one per data set and epoch count (included by the docs)."""
     machine = report["machine"]
     versions = ", ".join(f"{name} {version}" for name, version in report.get("versions", {}).items())
     load = machine.get("load_average_at_start")
     lines = [
-        f"Machine: {machine['processor']}, {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
+        f"Machine: {_cpu_description(machine)}, {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
         f"Python {machine['python']}, {machine['platform']}"
         + (f"; every method trained on a {report['gpu']} GPU." if report.get("gpu") else "; every method on the CPU.")
         + (f" {versions}." if versions else ""),

@@ -11,6 +11,7 @@ from ._defaults import (
     default_learning_rate,
     default_max_epochs,
 )
+from ._joint_adam import JointAdam
 from ._myvae import MyVAE
 from ._pyro_training_plan import ValidatedPyroTrainingPlan
 from ._record import model_from_record, model_to_record
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_EARLY_STOPPING_MIN_IMPROVEMENT",
     "DEFAULT_EARLY_STOPPING_PATIENCE",
     "DEFAULT_TRAIN_SIZE",
+    "JointAdam",
     "LeanTrainingPlan",
     "MyVAE",
     "TrainingSettings",

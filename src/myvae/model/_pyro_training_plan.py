@@ -8,6 +8,7 @@ from scvi.train import PyroTrainingPlan
 
 from ._epoch_means import EpochMeansMixin
 from ._guards import check_finite_loss
+from ._joint_adam import JointAdam
 
 __all__ = ["ValidatedPyroTrainingPlan"]
 
@@ -20,10 +21,16 @@ class ValidatedPyroTrainingPlan(EpochMeansMixin, PyroTrainingPlan):
     minibatches — so both backends log the same numbers for the same training. Under a KL warm-up
     (``n_epochs_kl_warmup`` or ``n_steps_kl_warmup`` in ``plan_kwargs``) ``elbo_train`` is the KL-weighted loss
     that SVI optimises, as in scvi-tools; ``elbo_validation`` is always the full ELBO.
+
+    Without an ``optim``, the parameters are optimised by :class:`~myvae.model.JointAdam` with ``optim_kwargs``
+    (scvi-tools' default learning rate of 1e-3 where they give none): Pyro's Adam, with one torch optimiser for all
+    parameters instead of one per parameter.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, optim=None, optim_kwargs: dict | None = None, **kwargs):
+        if optim is None:
+            optim = JointAdam({"lr": 1e-3, **(optim_kwargs or {})})
+        super().__init__(*args, optim=optim, **kwargs)
         self._init_epoch_totals()
 
     @property
