@@ -13,7 +13,7 @@ __all__ = ["JointAdam"]
 
 
 class JointAdam(PyroOptim):
-    """:class:`pyro.optim.Adam` that steps every parameter with one :class:`torch.optim.Adam`.
+    """``pyro.optim.Adam`` that steps every parameter with one :class:`torch.optim.Adam`.
 
     Pyro's optimisers keep one torch optimiser per parameter and step them one after another, so each SVI step pays
     a round of Python and a kernel launch per parameter. Here the parameters SVI hands over join a single torch
@@ -21,7 +21,7 @@ class JointAdam(PyroOptim):
     After the step their gradients are released, as ``zero_grad(set_to_none=True)`` does: SVI's zeroing that
     follows then has nothing to do, and the next backward pass writes the gradients instead of adding them to zeros.
 
-    A parameter that takes no part in a step is not moved by it. :meth:`get_state` and :meth:`set_state` use
+    A parameter that takes no part in a step is not moved by it. :meth:`get_state` and ``set_state`` use
     Pyro's format (one single-parameter optimiser state per parameter name), so states move between the two.
 
     Parameters
