@@ -14,7 +14,7 @@ from myvae.model import JointAdam
 SETTINGS = {"lr": 0.01, "eps": 0.01, "fused": True}
 
 
-def _svi_path(counts: torch.Tensor, optim, steps: int = 4) -> dict[str, torch.Tensor]:
+def _svi_path(counts: torch.Tensor, optim, steps: int = 4) -> tuple[dict[str, torch.Tensor], list[torch.Tensor | None]]:
     """The module's parameters after ``steps`` SVI steps from the same start, and each parameter's gradient after."""
     pyro.clear_param_store()
     torch.manual_seed(0)

@@ -268,8 +268,8 @@ def _shifted_exponentials(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     r""":math:`e^{f - \max f}` in each row, and :math:`\max f` as cells × 1: the softmax before it is normalised.
 
     The exponentials are taken in base two (``exp2`` of :math:`(f - \max f)\log_2 e`), at a relative error of a few
-    units of the last place times :math:`|f - \max f|`: torch evaluated them several times faster than ``exp`` on the
-    CPU it was first measured on (on an AVX-512 CPU since, ``exp`` was about 20% faster).
+    units of the last place times :math:`|f - \max f|`. On the CPU this was chosen on, torch evaluated ``exp2``
+    several times faster than ``exp``; on an AVX-512 CPU measured since, ``exp`` was about 20% faster.
     """
     peak = logits.amax(dim=-1, keepdim=True)
     return torch.add(peak * -_LOG2_E, logits, alpha=_LOG2_E).exp2_(), peak
