@@ -94,7 +94,7 @@ def test_loading_the_compiled_loops_compiles_what_training_runs():
 
     _likelihood.load_row_loops()
     _sparse.load_compiled_grouping()
-    loops = (_row_loops.normalise_rows, _row_loops.count_terms_into_rows, _row_loops.row_gradients)
+    loops = (_row_loops.softmax_rows, _row_loops.count_terms_into_rows, _row_loops.row_gradients)
     for loop in (*loops, _sparse._group_by_feature):
         assert any("float32" in str(signature) for signature in loop.signatures)
     assert _row_loops.per_gene_tables.signatures  # in double precision, whatever the model's

@@ -187,11 +187,11 @@ def test_the_row_loops_own_gamma_terms_agree_with_torchs():
     torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=1e-10)
 
 
-def test_row_loops_apply_to_single_and_double_precision_on_the_cpu_only():
+def test_row_loops_apply_to_single_precision_on_the_cpu_only():
     from myvae.module import _row_loops
 
     assert _row_loops.applies_to(torch.zeros(2, 3), torch.zeros(2), torch.zeros(3))
-    assert _row_loops.applies_to(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2), torch.zeros(3))
+    assert not _row_loops.applies_to(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2), torch.zeros(3))
     assert not _row_loops.applies_to(torch.zeros(2, 3, dtype=torch.float16), torch.zeros(2), torch.zeros(3))
     assert not _row_loops.applies_to(torch.zeros(2, 3, device="meta"), torch.zeros(2), torch.zeros(3))
 

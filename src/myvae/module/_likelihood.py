@@ -19,7 +19,6 @@ from ._nb_terms import (
     _large_means,
     _log_prob_at_counts,
     _logits_gradient_of_means,
-    _shifted_exponentials,
     _softmax,
     _zero_count_gap,
 )
@@ -269,12 +268,11 @@ class _NegativeBinomialSoftmaxLogProb(torch.autograd.Function):
 class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
     r""":class:`_NegativeBinomialSoftmaxLogProb` with its passes over the genes as compiled loops (CPU, CSR counts).
 
-    Torch takes the exponentials of the softmax, :math:`\log(1 + \mu/\theta)` over all cells × genes and, in
-    double precision, :math:`\mu` and :math:`\log(1 + \mu/\theta)` at the non-zero counts;
-    :mod:`myvae.module._row_loops` normalises the softmax, reads the logits at the counts, forms the log-gamma and
-    digamma terms there (from per-gene tables, or one count at a time beyond them), adds up each cell's
-    log-probability and forms both gradients, one cell at a time. The backward pass forms
-    :math:`\mu/\theta` again from the softmax instead of keeping it.
+    :mod:`myvae.module._row_loops` forms, one cell at a time, the softmax, :math:`\log(1 + \mu/\theta)` and its
+    sum over the zero counts (single precision), reads the logits at the counts, forms the log-gamma and digamma
+    terms there (from per-gene tables, or one count at a time beyond them), adds up each cell's log-probability and
+    forms both gradients. Torch takes :math:`\mu` and :math:`\log(1 + \mu/\theta)` at the non-zero counts, in
+    double precision. The backward pass forms :math:`\mu/\theta` again from the softmax instead of keeping it.
     """
 
     @staticmethod
@@ -289,25 +287,26 @@ class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         crow, col, counts = x.crow_indices(), x.col_indices(), x.values()
         logits, log_library = logits.contiguous(), log_library.reshape(-1).contiguous()
         view = row_loops.numpy_view
-        rho, peak = _shifted_exponentials(logits)
+        peak = logits.amax(dim=-1)
         theta = log_theta.exp()
         inverse_theta = theta.reciprocal()
-        ratio = torch.empty_like(rho)
+        rho, log1p_ratio = torch.empty_like(logits), torch.empty_like(logits)
+        zero_count_sums = logits.new_empty(logits.shape[:1], dtype=torch.float64)
         log_mu_at, log1p_ratio_at = (counts.new_empty(counts.shape, dtype=torch.float64) for _ in range(2))
-        row_loops.normalise_rows(
-            view(rho), view(peak.reshape(-1)), view(log_library), view(inverse_theta), view(log_theta),
-            view(crow), view(col), view(logits), view(ratio), view(log_mu_at), view(log1p_ratio_at),
+        row_loops.softmax_rows(
+            view(logits), view(peak), view(log_library), view(inverse_theta), view(theta), view(log_theta),
+            view(crow), view(col), view(rho), view(log1p_ratio), view(zero_count_sums), view(log_mu_at),
+            view(log1p_ratio_at),
         )  # fmt: skip
         mu_at = log_mu_at.exp()
         log1p_ratio_at.exp_().log1p_()  # from log(mu / theta)
         theta_wide = log_theta.double().exp()
         log_gamma_table, digamma_table = (theta_wide.new_empty((theta.numel(), _SMALL_COUNTS)) for _ in range(2))
         row_loops.per_gene_tables(view(theta_wide), view(log_gamma_table), view(digamma_table))
-        log1p_ratio = ratio.log1p_()  # at every gene; the backward pass forms mu / theta again from rho
         out, count_share_sum = logits.new_empty(logits.shape[:1]), logits.new_empty(logits.shape[:1])
         d_log_theta_at, count_share = (torch.empty_like(log_mu_at, dtype=logits.dtype) for _ in range(2))
         row_loops.count_terms_into_rows(
-            view(log1p_ratio), view(theta), view(theta_wide), view(log_theta), view(crow), view(col), view(counts),
+            view(zero_count_sums), view(theta_wide), view(log_theta), view(crow), view(col), view(counts),
             view(log_mu_at), view(mu_at), view(log1p_ratio_at), view(log_gamma_table), view(digamma_table),
             wants_gradient,
             view(out), view(d_log_theta_at), view(count_share), view(count_share_sum),

@@ -8,12 +8,14 @@ one cell's genes, while its row is in the cache, run for the cells in parallel.
 
 The loops are compiled by Numba (which scanpy already needs) on first use and cached on disk; a process's first use
 of Numba takes about 0.1 s (``load_row_loops`` pays it before training). They run on the OpenMP threads torch uses
-when Numba's threading layer is OpenMP (its default where available); elsewhere on Numba's own. Transcendental
-functions over whole rows (the exponentials of the softmax, ``log1p``) stay with torch, whose vectorised versions
-are faster; so do :math:`\mu` and :math:`\log(1 + \mu/\theta)` at the non-zero counts, in double precision. The
-log-gamma and digamma terms there are the loops' own, with the formulas of :mod:`myvae.module._nb_terms`: per-gene
-tables for whole counts below 16 (:func:`per_gene_tables`) and, for the few other counts, the series or ``lgamma``
-and the digamma function one count at a time, as torch would take a dozen small operations for them.
+when Numba's threading layer is OpenMP (its default where available); elsewhere on Numba's own. They are for single
+precision: the exponentials of the softmax and :math:`\log(1 + \mu/\theta)` over whole rows are those of
+:mod:`myvae.module._single_precision`, which vectorise, evaluated while the row is in the cache (double precision
+takes the torch operations). :math:`\mu` and :math:`\log(1 + \mu/\theta)` at the non-zero counts stay with torch,
+in double precision. The log-gamma and digamma terms there are the loops' own, with the formulas of
+:mod:`myvae.module._nb_terms`: per-gene tables for whole counts below 16 (:func:`per_gene_tables`) and, for the few
+other counts, the series or ``lgamma`` and the digamma function one count at a time, as torch would take a dozen
+small operations for them.
 
 Sums over a cell's genes are accumulated in double precision, so they are at least as precise as torch's.
 """
@@ -27,16 +29,21 @@ import numpy as np
 import torch
 
 from ._nb_terms import _ASYMPTOTIC_FROM
+from ._single_precision import exp_row, log1p_row
 
-__all__ = ["applies_to", "count_terms_into_rows", "normalise_rows", "per_gene_tables", "row_gradients"]
+__all__ = ["applies_to", "count_terms_into_rows", "per_gene_tables", "row_gradients", "softmax_rows"]
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 """Let the compiler reorder sums and fuse multiply-adds (so that the loops vectorise); no unsafe assumptions."""
 
 
 def applies_to(*tensors: torch.Tensor) -> bool:
-    """Whether the compiled loops can run on these tensors: all on the CPU, in single or double precision."""
-    return all(t.device.type == "cpu" for t in tensors) and tensors[0].dtype in (torch.float32, torch.float64)
+    """Whether the compiled loops can run on these tensors: all on the CPU, in single precision.
+
+    Their exponentials and logarithms are single precision's (:mod:`myvae.module._single_precision`); in double
+    precision the fused likelihood runs as torch operations.
+    """
+    return all(t.device.type == "cpu" for t in tensors) and tensors[0].dtype == torch.float32
 
 
 def numpy_view(tensor: torch.Tensor) -> np.ndarray:
@@ -51,33 +58,57 @@ def _library(log_library, cell, dtype):  # pragma: no cover
 
 
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def normalise_rows(
-    exps, peak, log_library, inverse_theta, log_theta, crow, col, logits, ratio, log_mu_at, log_ratio_at
+def softmax_rows(
+    logits,
+    peak,
+    log_library,
+    inverse_theta,
+    theta,
+    log_theta,
+    crow,
+    col,
+    rho,
+    log1p_ratio,
+    zero_count_sums,
+    log_mu_at,
+    log_ratio_at,
 ):  # pragma: no cover
-    r"""Softmax and :math:`\mu/\theta` of each cell, and :math:`\log\mu` and :math:`\log(\mu/\theta)` at its counts.
+    r"""Softmax, :math:`\log(1 + \mu/\theta)` and :math:`\sum_g \theta_g \log(1 + \mu_g/\theta_g)` of each cell.
 
-    ``exps`` holds :math:`2^{(f - \max f)\log_2 e}` and is overwritten by the softmax :math:`\rho`; ``peak`` is each
-    row's :math:`\max f`. Writes ``ratio`` (:math:`l\rho/\theta`) and, at each stored entry of the CSR counts
-    (``crow``, ``col``), ``log_mu_at`` (:math:`\log l + f - \log\sum e^f`) and ``log_ratio_at`` (that minus
-    :math:`\log\theta`), in double precision.
+    ``peak`` holds each row's :math:`\max f`. Writes ``rho`` (:math:`\rho = \mathrm{softmax}(f)`),
+    ``log1p_ratio`` (:math:`L = \log(1 + l\rho/\theta)`, with :math:`l\rho/\theta` formed as ``row_gradients``
+    forms it again), ``zero_count_sums`` (:math:`\sum_g \theta_g L_g` over the genes with a zero count, in double
+    precision: over all genes, less the exact products at the stored entries) and, at
+    each stored entry of the CSR counts (``crow``, ``col``), ``log_mu_at`` (:math:`\log l + f - \log\sum e^f`) and
+    ``log_ratio_at`` (that minus :math:`\log\theta`), in double precision. The exponentials and ``log1p`` are
+    those of :mod:`myvae.module._single_precision`, over one row at a time while it is in the cache.
     """
-    n_cells, n_genes = exps.shape
+    n_cells, n_genes = logits.shape
     for cell in numba.prange(n_cells):
+        powers_of_two, exponents = np.empty(n_genes, np.int32), np.empty(n_genes, np.float32)
+        ratio, mantissas = np.empty(n_genes, np.float32), np.empty(n_genes, np.float32)
+        exps, log1p_row_of_cell = rho[cell], log1p_ratio[cell]
+        exp_row(logits[cell], peak[cell], exps, powers_of_two)
         total = 0.0
         for gene in range(n_genes):
-            total += exps[cell, gene]
-        scale = exps.dtype.type(1.0 / total)
-        library = _library(log_library, cell, exps.dtype)
+            total += exps[gene]
+        scale = np.float32(1.0 / total)
+        library = _library(log_library, cell, rho.dtype)
         for gene in range(n_genes):
-            rho = exps[cell, gene] * scale
-            exps[cell, gene] = rho
-            ratio[cell, gene] = rho * library * inverse_theta[gene]
+            exps[gene] *= scale
+            ratio[gene] = exps[gene] * library * inverse_theta[gene]
+        log1p_row(ratio, log1p_row_of_cell, exponents, mantissas)
+        zero_counts = 0.0
+        for gene in range(n_genes):
+            zero_counts += np.float64(theta[gene]) * np.float64(log1p_row_of_cell[gene])
         shift = np.float64(log_library[cell]) - (math.log(total) + np.float64(peak[cell]))
         for entry in range(crow[cell], crow[cell + 1]):
             gene = col[entry]
+            zero_counts -= np.float64(theta[gene]) * np.float64(log1p_row_of_cell[gene])
             log_mu = np.float64(logits[cell, gene]) + shift
             log_mu_at[entry] = log_mu
             log_ratio_at[entry] = log_mu - np.float64(log_theta[gene])
+        zero_count_sums[cell] = zero_counts
 
 
 @numba.njit(cache=True, parallel=True)
@@ -148,8 +179,7 @@ def _gamma_terms(x, theta, wants_digamma):  # pragma: no cover
 
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def count_terms_into_rows(
-    log1p_ratio,
-    theta,
+    zero_count_sums,
     theta_wide,
     log_theta,
     crow,
@@ -168,9 +198,8 @@ def count_terms_into_rows(
 ):  # pragma: no cover
     r"""Each cell's log-probability: :math:`-\theta L` summed over its zero counts plus :math:`\log p` at the others.
 
-    ``log1p_ratio`` holds :math:`L = \log(1 + \mu/\theta)` at every gene, and ``theta`` :math:`\theta`, in the
-    model's precision; their products are exact in double precision, so the sum over all genes less those at the
-    non-zero counts is the sum over the zero counts. The terms at a non-zero count :math:`x` are those of
+    ``zero_count_sums`` holds each cell's :math:`\sum_g \theta_g L_g` over its zero counts, with
+    :math:`L = \log(1 + \mu/\theta)` (from :func:`softmax_rows`). The terms at a non-zero count :math:`x` are those of
     ``_log_prob_at_counts``, in double precision: :math:`\log p = G + x(\log\mu - \log\theta - L) - \theta L`
     with :math:`L` from ``log1p_ratio_at``, :math:`\theta` from ``theta_wide`` and the log-gamma terms :math:`G` from
     the per-gene tables of :func:`per_gene_tables` (whole counts below the tables' width) or, for the other counts,
@@ -178,17 +207,13 @@ def count_terms_into_rows(
     :math:`\log\theta`, over :math:`\theta`, at each count; :math:`a = x\theta/(\theta + \mu)` at each count, and
     its sum over each cell's counts.
     """
-    n_cells, n_genes = log1p_ratio.shape
+    n_cells = crow.shape[0] - 1
     table_width = log_gamma_table.shape[1]
     for cell in numba.prange(n_cells):
-        zero_counts = 0.0
-        for gene in range(n_genes):
-            zero_counts += np.float64(theta[gene]) * np.float64(log1p_ratio[cell, gene])
         total = 0.0
         share_sum = 0.0
         for entry in range(crow[cell], crow[cell + 1]):
             gene = col[entry]
-            zero_counts -= np.float64(theta[gene]) * np.float64(log1p_ratio[cell, gene])
             x = np.float64(counts[entry])
             log_ratio = log1p_ratio_at[entry]
             whole = int(x)
@@ -204,7 +229,7 @@ def count_terms_into_rows(
                 d_log_theta_over_theta_at[entry] = digamma - log_ratio - d_log_mu / theta_wide[gene]
                 count_share_at[entry] = theta_share * x
                 share_sum += theta_share * x
-        log_prob[cell] = total - zero_counts
+        log_prob[cell] = total - zero_count_sums[cell]
         count_share_sum[cell] = share_sum
 
 
