@@ -292,11 +292,14 @@ class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         inverse_theta = theta.reciprocal()
         rho, log1p_ratio = torch.empty_like(logits), torch.empty_like(logits)
         zero_count_sums = logits.new_empty(logits.shape[:1], dtype=torch.float64)
-        log_mu_at, log1p_ratio_at = (counts.new_empty(counts.shape, dtype=torch.float64) for _ in range(2))
+        log_mu_at, log1p_ratio_at, zero_count_derivative_at = (
+            counts.new_empty(counts.shape, dtype=torch.float64) for _ in range(3)
+        )
         row_loops.softmax_rows(
             view(logits), view(peak), view(log_library), view(inverse_theta), view(theta), view(log_theta),
-            view(crow), view(col), view(rho), view(log1p_ratio), view(zero_count_sums), view(log_mu_at),
-            view(log1p_ratio_at),
+            view(crow), view(col), _ZERO_COUNT_REFINE_ABOVE,
+            view(rho), view(log1p_ratio), view(zero_count_sums), view(log_mu_at), view(log1p_ratio_at),
+            view(zero_count_derivative_at),
         )  # fmt: skip
         mu_at = log_mu_at.exp()
         log1p_ratio_at.exp_().log1p_()  # from log(mu / theta)
@@ -307,8 +310,8 @@ class _RowLoopsNegativeBinomialSoftmaxLogProb(torch.autograd.Function):
         d_log_theta_at, count_share = (torch.empty_like(log_mu_at, dtype=logits.dtype) for _ in range(2))
         row_loops.count_terms_into_rows(
             view(zero_count_sums), view(theta_wide), view(log_theta), view(crow), view(col), view(counts),
-            view(log_mu_at), view(mu_at), view(log1p_ratio_at), view(log_gamma_table), view(digamma_table),
-            wants_gradient,
+            view(log_mu_at), view(mu_at), view(log1p_ratio_at), view(zero_count_derivative_at),
+            view(log_gamma_table), view(digamma_table), wants_gradient,
             view(out), view(d_log_theta_at), view(count_share), view(count_share_sum),
         )  # fmt: skip
         if wants_gradient:

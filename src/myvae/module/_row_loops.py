@@ -67,21 +67,25 @@ def softmax_rows(
     log_theta,
     crow,
     col,
+    refine_above,
     rho,
     log1p_ratio,
     zero_count_sums,
     log_mu_at,
     log_ratio_at,
+    zero_count_derivative_at,
 ):  # pragma: no cover
     r"""Softmax, :math:`\log(1 + \mu/\theta)` and :math:`\sum_g \theta_g \log(1 + \mu_g/\theta_g)` of each cell.
 
     ``peak`` holds each row's :math:`\max f`. Writes ``rho`` (:math:`\rho = \mathrm{softmax}(f)`),
-    ``log1p_ratio`` (:math:`L = \log(1 + l\rho/\theta)`, with :math:`l\rho/\theta` formed as ``row_gradients``
-    forms it again), ``zero_count_sums`` (:math:`\sum_g \theta_g L_g` over the genes with a zero count, in double
-    precision: over all genes, less the exact products at the stored entries) and, at
-    each stored entry of the CSR counts (``crow``, ``col``), ``log_mu_at`` (:math:`\log l + f - \log\sum e^f`) and
-    ``log_ratio_at`` (that minus :math:`\log\theta`), in double precision. The exponentials and ``log1p`` are
-    those of :mod:`myvae.module._single_precision`, over one row at a time while it is in the cache.
+    ``log1p_ratio`` (:math:`L = \log(1 + r)` with :math:`r = l\rho/\theta`, formed as ``row_gradients`` forms it
+    again) and ``zero_count_sums`` (:math:`\sum_g \theta_g L_g` over the genes with a zero count: over all genes,
+    less the exact products at the stored entries, in double precision); at each stored entry of the CSR counts
+    (``crow``, ``col``), ``log_mu_at`` (:math:`\log l + f - \log\sum e^f`), ``log_ratio_at`` (that minus
+    :math:`\log\theta`) and ``zero_count_derivative_at`` (what ``row_gradients`` takes there for the derivative in
+    :math:`\log\theta` over :math:`\theta` as at a zero count, see :func:`_zero_count_derivative`), in double
+    precision. The exponentials and ``log1p`` are those of :mod:`myvae.module._single_precision`, over one row at a
+    time while it is in the cache.
     """
     n_cells, n_genes = logits.shape
     for cell in numba.prange(n_cells):
@@ -92,6 +96,7 @@ def softmax_rows(
         total = 0.0
         for gene in range(n_genes):
             total += exps[gene]
+        one = rho.dtype.type(1.0)
         scale = np.float32(1.0 / total)
         library = _library(log_library, cell, rho.dtype)
         for gene in range(n_genes):
@@ -108,6 +113,9 @@ def softmax_rows(
             log_mu = np.float64(logits[cell, gene]) + shift
             log_mu_at[entry] = log_mu
             log_ratio_at[entry] = log_mu - np.float64(log_theta[gene])
+            zero_count_derivative_at[entry] = _zero_count_derivative(
+                ratio[gene], log1p_row_of_cell[gene], theta[gene], refine_above, one
+            )
         zero_count_sums[cell] = zero_counts
 
 
@@ -188,6 +196,7 @@ def count_terms_into_rows(
     log_mu_at,
     mu_at,
     log1p_ratio_at,
+    zero_count_derivative_at,
     log_gamma_table,
     digamma_table,
     wants_gradient,
@@ -204,8 +213,9 @@ def count_terms_into_rows(
     with :math:`L` from ``log1p_ratio_at``, :math:`\theta` from ``theta_wide`` and the log-gamma terms :math:`G` from
     the per-gene tables of :func:`per_gene_tables` (whole counts below the tables' width) or, for the other counts,
     formed here (likewise the digamma terms). With gradients: the derivative of :math:`\log p` in
-    :math:`\log\theta`, over :math:`\theta`, at each count; :math:`a = x\theta/(\theta + \mu)` at each count, and
-    its sum over each cell's counts.
+    :math:`\log\theta`, over :math:`\theta`, at each count, less ``zero_count_derivative_at`` (what
+    ``row_gradients`` adds there for every gene, as if the count were zero); :math:`a = x\theta/(\theta + \mu)` at
+    each count, and its sum over each cell's counts.
     """
     n_cells = crow.shape[0] - 1
     table_width = log_gamma_table.shape[1]
@@ -226,7 +236,8 @@ def count_terms_into_rows(
             if wants_gradient:
                 theta_share = theta_wide[gene] / (theta_wide[gene] + mu_at[entry])
                 d_log_mu = (x - mu_at[entry]) * theta_share
-                d_log_theta_over_theta_at[entry] = digamma - log_ratio - d_log_mu / theta_wide[gene]
+                d_log_theta_over_theta = digamma - log_ratio - d_log_mu / theta_wide[gene]
+                d_log_theta_over_theta_at[entry] = d_log_theta_over_theta - zero_count_derivative_at[entry]
                 count_share_at[entry] = theta_share * x
                 share_sum += theta_share * x
         log_prob[cell] = total - zero_count_sums[cell]
@@ -258,14 +269,14 @@ def row_gradients(
     r"""The gradient in the logits, and in :math:`\log\theta` over :math:`\theta`, summed over the cells.
 
     The same formulas as the torch path of the fused likelihood: with :math:`r = \mu/\theta` (formed again from
-    ``rho`` exactly as in :func:`normalise_rows`), :math:`p = r/(1+r)`, :math:`q = 1/(1+r)`, :math:`w = g\,l` and
+    ``rho`` exactly as in :func:`softmax_rows`), :math:`q = 1/(1+r)`, :math:`p = rq`, :math:`w = g\,l` and
     :math:`c = g \sum_h a_h` per cell (``grad`` :math:`g`), the gradient in the logits is
     :math:`\rho(w(p - \sum_h\rho_h p_h) - c)` plus :math:`g\,a` at the counts; in cells where
     :math:`\sum_h\rho_h p_h > 1/2` the difference is formed from :math:`q` (see ``_logits_gradient_of_means``).
     The derivative in :math:`\log\theta` over :math:`\theta` is :math:`p - \log(1 + r)` at zero counts (in double
-    precision where :math:`\mu` exceeds ``refine_above``, see ``_zero_count_gap``) and
-    ``d_log_theta_over_theta_at`` at the counts; ``grad_log_theta_over_theta`` receives its sum over the cells,
-    weighted by :math:`g`.
+    precision where :math:`\mu` exceeds ``refine_above``, see :func:`_zero_count_derivative`), taken at every gene,
+    plus ``d_log_theta_over_theta_at`` at the counts (the derivative there less that);
+    ``grad_log_theta_over_theta`` receives its sum over the cells, weighted by :math:`g`.
     """
     n_cells, n_genes = rho.shape
     one = rho.dtype.type(1.0)
@@ -273,50 +284,55 @@ def row_gradients(
     chunk_sums = np.zeros((n_chunks, n_genes))
     for chunk in numba.prange(n_chunks):
         sums = chunk_sums[chunk]
+        q_of_cell = np.empty(n_genes, rho.dtype)
         for cell in range(chunk * _CELLS_PER_CHUNK, min(n_cells, (chunk + 1) * _CELLS_PER_CHUNK)):
             library = _library(log_library, cell, rho.dtype)
             weight_of_cell = np.float64(grad[cell])
-            mean = 0.0
+            mean = mean_q = 0.0
             n_large_means = 0  # a count, not a maximum, so that the loop vectorises
             for gene in range(n_genes):
                 r = rho[cell, gene] * library * inverse_theta[gene]
-                p = r / (one + r)
+                q = one / (one + r)
+                p = r * q
                 grad_logits[cell, gene] = p
+                q_of_cell[gene] = q
                 sums[gene] += weight_of_cell * np.float64(p - log1p_ratio[cell, gene])
                 mean += rho[cell, gene] * p
+                mean_q += rho[cell, gene] * q
                 n_large_means += r * theta[gene] > refine_above
             weight = grad[cell] * library
             if mean > 0.5:  # p near one: p - mean p = -(q - mean q), without cancellation
-                mean = 0.0
                 for gene in range(n_genes):
-                    q = one / (one + rho[cell, gene] * library * inverse_theta[gene])
-                    grad_logits[cell, gene] = q
-                    mean += rho[cell, gene] * q
-                weight = -weight
+                    grad_logits[cell, gene] = q_of_cell[gene]
+                mean, weight = mean_q, -weight
             offset = grad[cell] * count_share_sum[cell]
             for gene in range(n_genes):
                 grad_logits[cell, gene] = rho[cell, gene] * (weight * (grad_logits[cell, gene] - mean) - offset)
             for entry in range(crow[cell], crow[cell + 1]):
                 grad_logits[cell, col[entry]] += count_share_at[entry] * grad[cell]
-            # the derivative in log theta: the direct difference was added above; where it is not the right one
-            # (a large mean, or a non-zero count), add the right one and take the direct one back
+                sums[col[entry]] += weight_of_cell * np.float64(d_log_theta_over_theta_at[entry])
+            # where the mean is large, the direct difference added above is not the precise one: exchange them
             if n_large_means:
                 for gene in range(n_genes):
                     r = rho[cell, gene] * library * inverse_theta[gene]
                     if r * theta[gene] > refine_above:
-                        direct = np.float64(r / (one + r) - log1p_ratio[cell, gene])
+                        direct = np.float64(r * (one / (one + r)) - log1p_ratio[cell, gene])
                         sums[gene] += weight_of_cell * (_zero_count_gap(r) - direct)
-            for entry in range(crow[cell], crow[cell + 1]):
-                gene = col[entry]
-                r = rho[cell, gene] * library * inverse_theta[gene]
-                if r * theta[gene] > refine_above:
-                    zero_count = _zero_count_gap(r)
-                else:
-                    zero_count = np.float64(r / (one + r) - log1p_ratio[cell, gene])
-                sums[gene] += weight_of_cell * (np.float64(d_log_theta_over_theta_at[entry]) - zero_count)
     for chunk in range(n_chunks):
         for gene in range(n_genes):
             grad_log_theta_over_theta[gene] += chunk_sums[chunk, gene]
+
+
+@numba.njit(cache=True, inline="always")
+def _zero_count_derivative(r, log1p_ratio, theta, refine_above, one):  # pragma: no cover
+    r""":math:`p - L` at one gene, in double precision, exactly as :func:`row_gradients` adds it at every gene.
+
+    With :math:`r = \mu/\theta` and :math:`L = \log(1 + r)`: the difference of the model's precision, with
+    :math:`p = r \cdot 1/(1 + r)`, or, where :math:`\mu = r\theta` exceeds ``refine_above``, the precise one.
+    """
+    if r * theta > refine_above:
+        return _zero_count_gap(r)
+    return np.float64(r * (one / (one + r)) - log1p_ratio)
 
 
 @numba.njit(cache=True, inline="always")
