@@ -88,6 +88,7 @@ def softmax_rows(
     time while it is in the cache.
     """
     n_cells, n_genes = logits.shape
+    one = rho.dtype.type(1.0)
     for cell in numba.prange(n_cells):
         powers_of_two, exponents = np.empty(n_genes, np.int32), np.empty(n_genes, np.float32)
         ratio, mantissas = np.empty(n_genes, np.float32), np.empty(n_genes, np.float32)
@@ -96,8 +97,7 @@ def softmax_rows(
         total = 0.0
         for gene in range(n_genes):
             total += exps[gene]
-        one = rho.dtype.type(1.0)
-        scale = np.float32(1.0 / total)
+        scale = rho.dtype.type(1.0 / total)
         library = _library(log_library, cell, rho.dtype)
         for gene in range(n_genes):
             exps[gene] *= scale
@@ -316,7 +316,7 @@ def row_gradients(
                 for gene in range(n_genes):
                     r = rho[cell, gene] * library * inverse_theta[gene]
                     if r * theta[gene] > refine_above:
-                        direct = np.float64(r * (one / (one + r)) - log1p_ratio[cell, gene])
+                        direct = _direct_zero_count_derivative(r, log1p_ratio[cell, gene], one)
                         sums[gene] += weight_of_cell * (_zero_count_gap(r) - direct)
     for chunk in range(n_chunks):
         for gene in range(n_genes):
@@ -332,6 +332,16 @@ def _zero_count_derivative(r, log1p_ratio, theta, refine_above, one):  # pragma:
     """
     if r * theta > refine_above:
         return _zero_count_gap(r)
+    return _direct_zero_count_derivative(r, log1p_ratio, one)
+
+
+@numba.njit(cache=True, inline="always")
+def _direct_zero_count_derivative(r, log1p_ratio, one):  # pragma: no cover
+    r""":math:`p - L` in the model's precision, returned in double precision.
+
+    :math:`p = r \cdot 1/(1 + r)` as the first loop of :func:`row_gradients` forms it, so that it can be taken back
+    exactly.
+    """
     return np.float64(r * (one / (one + r)) - log1p_ratio)
 
 

@@ -6,6 +6,9 @@ functions here take the exponent apart and put it back through an integer view o
 short polynomial on what is left: the compiler turns each of their loops into vector instructions. Both are within
 a few units of single precision's last place of the exact value (``tests/module/test_single_precision.py``), as
 torch's own are. They run inside the loops of :mod:`myvae.module._row_loops`, on rows that stay in the cache.
+
+Both are inlined into those loops and compiled with their flags, which let the compiler reorder arithmetic; they are
+written so that reordering loses nothing (no compensated differences), and the tests compile them with those flags.
 """
 
 from __future__ import annotations
@@ -14,10 +17,6 @@ import numba
 import numpy as np
 
 __all__ = ["EXP_UNDERFLOW", "exp_row", "log1p_row"]
-
-_FASTMATH = {"reassoc", "contract", "nsz"}
-"""The flags of the loops these functions are inlined into (``_row_loops``): they are written so that reordering
-their arithmetic loses nothing (no compensated differences), and the tests check them compiled this way."""
 
 _F32 = np.float32
 # ln 2 in two parts: the first has trailing zero bits, so that k * _LN2_HIGH is exact for every exponent k of a float
@@ -33,7 +32,7 @@ _MANTISSA_MASK = (1 << _MANTISSA_BITS) - 1
 _ONE_BITS = _EXPONENT_BIAS << _MANTISSA_BITS  # the bits of 1.0f
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, inline="always")
 def exp_row(values, shift, out, scratch):  # pragma: no cover
     r""":math:`e^{v - s}` for each entry :math:`v` of a float32 row, with :math:`v - s \le 0`, written to ``out``.
 
@@ -62,9 +61,9 @@ def exp_row(values, shift, out, scratch):  # pragma: no cover
         out[j] *= powers_of_two[j]
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, inline="always")
 def log1p_row(values, out, exponents, mantissas):  # pragma: no cover
-    r""":math:`\log(1 + v)` for each entry :math:`v \ge 0` of a float32 row, written to ``out`` (which may be it).
+    r""":math:`\log(1 + v)` for each entry :math:`v \ge 0` of a float32 row, written to ``out`` (another row).
 
     It is :math:`e \ln 2 + \log(1 + f) = e \ln 2 + 2\,\mathrm{artanh}(f/(2 + f))`, with the series of artanh up to
     the 9th power (truncated at :math:`2 \cdot 10^{-9}`, as :math:`|f/(2 + f)| < 0.172`), where :math:`e = 0` and
