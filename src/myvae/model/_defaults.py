@@ -60,7 +60,9 @@ LR_DOC = """
 lr
     Adam's learning rate; ``None`` scales 3e-3 at 128 cells per batch (three times scvi-tools' 1e-3) linearly with
     ``batch_size`` (:func:`~myvae.model.default_learning_rate`), i.e. 1.2e-2 at the default 512. Both backends use
-    scvi-tools' other Adam settings (``eps=0.01``, ``weight_decay=1e-6``).
+    scvi-tools' other Adam settings (``eps=0.01``, ``weight_decay=1e-6``) and raise the learning rate linearly to
+    ``lr`` over the first 100 optimiser steps, which keeps the encoders' ReLU units from dying in the first steps
+    (``plan_kwargs={"lr_warmup_steps": 0}`` turns that off).
 """
 BATCH_SIZE_DOC = """
 batch_size

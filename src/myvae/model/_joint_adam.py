@@ -9,6 +9,8 @@ import pyro
 import torch
 from pyro.optim import PyroOptim
 
+from ._lr_warmup import check_warmup_steps, warm_up_learning_rate
+
 __all__ = ["JointAdam"]
 
 
@@ -28,12 +30,17 @@ class JointAdam(PyroOptim):
     ----------
     optim_args
         Arguments of :class:`torch.optim.Adam` (``lr``, ``eps``, ``fused``, ...).
+    warmup_steps
+        Steps over which the learning rate rises linearly to ``optim_args["lr"]`` (see ``myvae.model._lr_warmup``);
+        0, the default, keeps it there from the first step, as Pyro's Adam does.
     """
 
-    def __init__(self, optim_args: dict):
+    def __init__(self, optim_args: dict, warmup_steps: int = 0):
         super().__init__(torch.optim.Adam, optim_args)
         self._optimizer: torch.optim.Adam | None = None
         self._members: set[torch.Tensor] = set()
+        self.warmup_steps = check_warmup_steps(warmup_steps)
+        self._steps = 0
 
     def __call__(self, params: Iterable[torch.Tensor], *args, **kwargs) -> None:
         """One Adam step of ``params`` (the parameters of the step's trace); their gradients are then released."""
@@ -41,7 +48,10 @@ class JointAdam(PyroOptim):
         self._join(params - self._members)
         for idle in self._members - params:  # a gradient left from an earlier step must not move it now
             idle.grad = None
+        groups = self._optimizer.param_groups
+        warm_up_learning_rate(groups, [self.pt_optim_args["lr"]] * len(groups), self._steps, self.warmup_steps)
         self._optimizer.step(*args, **kwargs)
+        self._steps += 1
         for param in params:
             param.grad = None
 

@@ -9,6 +9,7 @@ from scvi.train import PyroTrainingPlan
 from ._epoch_means import EpochMeansMixin
 from ._guards import check_finite_loss
 from ._joint_adam import JointAdam
+from ._lr_warmup import LR_WARMUP_STEPS
 
 __all__ = ["ValidatedPyroTrainingPlan"]
 
@@ -24,12 +25,15 @@ class ValidatedPyroTrainingPlan(EpochMeansMixin, PyroTrainingPlan):
 
     Without an ``optim``, the parameters are optimised by :class:`~myvae.model.JointAdam` with ``optim_kwargs``
     (scvi-tools' default learning rate of 1e-3 where they give none): Pyro's Adam, with one torch optimiser for all
-    parameters instead of one per parameter.
+    parameters instead of one per parameter, whose learning rate rises linearly over the first ``lr_warmup_steps``
+    steps as in :class:`~myvae.model.LeanTrainingPlan` (an ``optim`` of the caller's is used as it is).
     """
 
-    def __init__(self, *args, optim=None, optim_kwargs: dict | None = None, **kwargs):
+    def __init__(
+        self, *args, optim=None, optim_kwargs: dict | None = None, lr_warmup_steps: int = LR_WARMUP_STEPS, **kwargs
+    ):
         if optim is None:
-            optim = JointAdam({"lr": 1e-3, **(optim_kwargs or {})})
+            optim = JointAdam({"lr": 1e-3, **(optim_kwargs or {})}, warmup_steps=lr_warmup_steps)
         super().__init__(*args, optim=optim, **kwargs)
         self._init_epoch_totals()
 

@@ -7,6 +7,7 @@ from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
 
 from ._epoch_means import EpochMeansMixin, EpochTotals
+from ._lr_warmup import LR_WARMUP_STEPS, check_warmup_steps, warm_up_learning_rate
 
 __all__ = ["LeanTrainingPlan"]
 
@@ -16,12 +17,22 @@ class LeanTrainingPlan(EpochMeansMixin, TrainingPlan):
 
     It keeps scvi-tools' optimiser, learning-rate schedule and KL warm-up, and logs the same per-epoch history
     keys (``elbo_train``, ``elbo_validation``, ``reconstruction_loss_*``, ``kl_local_*``, ``validation_loss``)
-    — the negative ELBO per cell, averaged over the cells of the epoch.
+    — the negative ELBO per cell, averaged over the cells of the epoch. The learning rate rises linearly to ``lr``
+    over the first ``lr_warmup_steps`` optimiser steps (see ``myvae.model._lr_warmup``).
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Those of :class:`~scvi.train.TrainingPlan`.
+    lr_warmup_steps
+        Optimiser steps over which the learning rate rises linearly to ``lr`` (0: none).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, lr_warmup_steps: int = LR_WARMUP_STEPS, **kwargs):
+        self.lr_warmup_steps = check_warmup_steps(lr_warmup_steps)
         super().__init__(*args, **kwargs)
         self._init_epoch_totals(("reconstruction_loss", "kl_local"))
+        self._target_lrs: list[float] | None = None
 
     @property
     def _learning_rate(self) -> float | None:
@@ -32,6 +43,15 @@ class LeanTrainingPlan(EpochMeansMixin, TrainingPlan):
         return lambda params: optimizer_cls(
             params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True
         )
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Lightning's optimiser step, with the learning rate of the warm-up while it lasts."""
+        if self.global_step < self.lr_warmup_steps:
+            groups = optimizer.param_groups
+            if self._target_lrs is None:
+                self._target_lrs = [group["lr"] for group in groups]
+            warm_up_learning_rate(groups, self._target_lrs, self.global_step, self.lr_warmup_steps)
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Loss of one minibatch; its per-cell terms go into the epoch's totals."""
