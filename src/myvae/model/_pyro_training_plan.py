@@ -9,7 +9,7 @@ from scvi.train import PyroTrainingPlan
 from ._epoch_means import EpochMeansMixin
 from ._guards import check_finite_loss
 from ._joint_adam import JointAdam
-from ._lr_warmup import LR_WARMUP_STEPS
+from ._lr_warmup import LR_WARMUP_STEPS, check_warmup_steps
 
 __all__ = ["ValidatedPyroTrainingPlan"]
 
@@ -32,6 +32,7 @@ class ValidatedPyroTrainingPlan(EpochMeansMixin, PyroTrainingPlan):
     def __init__(
         self, *args, optim=None, optim_kwargs: dict | None = None, lr_warmup_steps: int = LR_WARMUP_STEPS, **kwargs
     ):
+        check_warmup_steps(lr_warmup_steps)
         if optim is None:
             optim = JointAdam({"lr": 1e-3, **(optim_kwargs or {})}, warmup_steps=lr_warmup_steps)
         super().__init__(*args, optim=optim, **kwargs)

@@ -29,9 +29,10 @@ class LeanTrainingPlan(EpochMeansMixin, TrainingPlan):
     """
 
     def __init__(self, *args, lr_warmup_steps: int = LR_WARMUP_STEPS, **kwargs):
-        self.lr_warmup_steps = check_warmup_steps(lr_warmup_steps)
+        check_warmup_steps(lr_warmup_steps)  # before any work
         super().__init__(*args, **kwargs)
         self._init_epoch_totals(("reconstruction_loss", "kl_local"))
+        self.lr_warmup_steps = lr_warmup_steps
         self._target_lrs: list[float] | None = None
 
     @property
