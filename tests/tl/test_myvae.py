@@ -157,14 +157,15 @@ def test_bad_arguments(small_adata, unchanged, kwargs, message):
 def test_fit_metrics_are_recorded(small_adata, tmp_path):
     model = mv.tl.myvae(small_adata, return_model=True, **fast_train_kwargs(max_epochs=3))
     metrics = small_adata.uns["myvae"]["metrics"]
-    assert metrics["final_elbo_validation"] == small_adata.uns["myvae"]["history"]["elbo_validation"][-1]
-    assert metrics["final_elbo_train"] == small_adata.uns["myvae"]["history"]["elbo_train"][-1]
+    kept = metrics["restored_epoch"] - 1  # early stopping keeps the best epoch's weights, and its figures
+    assert metrics["final_elbo_validation"] == small_adata.uns["myvae"]["history"]["elbo_validation"][kept]
+    assert metrics["final_elbo_train"] == small_adata.uns["myvae"]["history"]["elbo_train"][kept]
     # the held-out ELBO is minus the reconstruction term minus the KL term (never negative), so it lies below minus
     # the reconstruction error of the same epoch
-    logged_reconstruction = float(model.history["reconstruction_loss_validation"].to_numpy(dtype=float).ravel()[-1])
+    logged_reconstruction = float(model.history["reconstruction_loss_validation"].to_numpy(dtype=float).ravel()[kept])
     assert 0 < logged_reconstruction <= -metrics["final_elbo_validation"]
-    # the recorded reconstruction error is that of the last held-out pass, whose weights the model has: the model
-    # gives the same on those cells (up to another draw of z)
+    # the recorded reconstruction error is that of the kept epoch's held-out pass, whose weights the model has: the
+    # model gives the same on those cells (up to another draw of z)
     assert metrics["reconstruction_error_validation"] == logged_reconstruction
     validation = np.sort(model.validation_indices)
     again = model.get_reconstruction_error(indices=validation)["reconstruction_loss"]
