@@ -27,16 +27,22 @@ def test_the_learning_rate_rises_linearly_then_is_left_alone():
 
 @pytest.mark.parametrize("steps", [-1, 2.5, True, "100", None])
 def test_a_warmup_that_is_not_a_whole_number_of_steps_is_refused(steps):
-    with pytest.raises(ValueError, match="lr_warmup_steps must be a whole number of optimiser steps"):
+    with pytest.raises(mv.InputError, match="lr_warmup_steps must be a whole number of optimiser steps"):
         check_warmup_steps(steps)
 
 
 def test_the_plans_refuse_a_bad_warmup_before_training(small_adata):
     module = mv.module.TorchVAEModule(small_adata.n_vars)
-    with pytest.raises(ValueError, match="lr_warmup_steps"):
+    with pytest.raises(mv.InputError, match="lr_warmup_steps"):
         mv.model.LeanTrainingPlan(module, lr_warmup_steps=-5)
-    with pytest.raises(ValueError, match="lr_warmup_steps"):
+    with pytest.raises(mv.InputError, match="lr_warmup_steps"):
         mv.model.ValidatedPyroTrainingPlan(mv.module.PyroVAEModule(small_adata.n_vars), lr_warmup_steps=1.5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_tl_myvae_refuses_a_bad_warmup_and_leaves_the_data_as_it_was(small_adata, unchanged, backend):
+    with unchanged(small_adata), pytest.raises(mv.InputError, match="lr_warmup_steps must be a whole number"):
+        mv.tl.myvae(small_adata, backend=backend, plan_kwargs={"lr_warmup_steps": -1}, **fast_train_kwargs())
 
 
 class _LearningRates(Callback):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from myvae._exceptions import InputError
+
 __all__ = ["LR_WARMUP_STEPS", "check_warmup_steps", "warm_up_learning_rate"]
 
 LR_WARMUP_STEPS = 100
@@ -23,9 +25,9 @@ LR_WARMUP_STEPS = 100
 
 
 def check_warmup_steps(warmup_steps: object) -> int:
-    """``warmup_steps`` if it is a whole number of steps, at least 0; else a :class:`ValueError` saying so."""
+    """``warmup_steps`` if it is a whole number of steps, at least 0; else an :class:`~myvae.InputError` saying so."""
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(
+        raise InputError(
             f"lr_warmup_steps must be a whole number of optimiser steps, at least 0 (0 turns the warm-up off); "
             f"got {warmup_steps!r}."
         )
