@@ -17,6 +17,7 @@ __all__ = [
     "check_anndata",
     "check_key_added",
     "check_keywords",
+    "check_non_negative_int",
     "check_obs_key",
     "check_positive_float",
     "check_positive_int",
@@ -49,13 +50,27 @@ def check_obs_key(adata: AnnData, key: str, argument: str) -> None:
         raise InputError(f"{argument}={key!r} is not a column of adata.obs (columns: {columns}).")
 
 
+def _is_integer_from(value: Any, minimum: int) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy, not a bool) of at least ``minimum``."""
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum
+
+
 def check_positive_int(value: Any, argument: str, *, allow_none: bool = False) -> None:
     """Raise an :class:`~myvae.InputError` unless ``value`` is a positive integer (or ``None`` when allowed)."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    if not _is_integer_from(value, 1):
         allowed = "a positive integer or None" if allow_none else "a positive integer"
         raise InputError(f"{argument} must be {allowed}, got {value!r}.")
+
+
+def check_non_negative_int(value: Any, argument: str, meaning: str = "") -> None:
+    """Raise an :class:`~myvae.InputError` unless ``value`` is an integer of at least 0.
+
+    ``meaning`` (e.g. ``" (0 turns it off)"``) is added to the message after what is expected.
+    """
+    if not _is_integer_from(value, 0):
+        raise InputError(f"{argument} must be an integer of at least 0{meaning}, got {value!r}.")
 
 
 def check_positive_float(value: Any, argument: str) -> None:

@@ -27,8 +27,13 @@ def test_the_learning_rate_rises_linearly_then_is_left_alone():
 
 @pytest.mark.parametrize("steps", [-1, 2.5, True, "100", None])
 def test_a_warmup_that_is_not_a_whole_number_of_steps_is_refused(steps):
-    with pytest.raises(mv.InputError, match="lr_warmup_steps must be a whole number of optimiser steps"):
+    with pytest.raises(mv.InputError, match=r"lr_warmup_steps must be an integer of at least 0 \(optimiser steps"):
         check_warmup_steps(steps)
+
+
+@pytest.mark.parametrize("steps", [0, 3, np.int64(3)])
+def test_a_whole_number_of_steps_is_taken(steps):
+    check_warmup_steps(steps)
 
 
 def test_the_plans_refuse_a_bad_warmup_before_training(small_adata):
@@ -41,7 +46,7 @@ def test_the_plans_refuse_a_bad_warmup_before_training(small_adata):
 
 @pytest.mark.parametrize("backend", ["torch", "pyro"])
 def test_tl_myvae_refuses_a_bad_warmup_and_leaves_the_data_as_it_was(small_adata, unchanged, backend):
-    with unchanged(small_adata), pytest.raises(mv.InputError, match="lr_warmup_steps must be a whole number"):
+    with unchanged(small_adata), pytest.raises(mv.InputError, match="lr_warmup_steps must be an integer of at least 0"):
         mv.tl.myvae(small_adata, backend=backend, plan_kwargs={"lr_warmup_steps": -1}, **fast_train_kwargs())
 
 

@@ -39,7 +39,8 @@ class JointAdam(PyroOptim):
         super().__init__(torch.optim.Adam, optim_args)
         self._optimizer: torch.optim.Adam | None = None
         self._members: set[torch.Tensor] = set()
-        self.warmup_steps = check_warmup_steps(warmup_steps)
+        check_warmup_steps(warmup_steps)
+        self.warmup_steps = warmup_steps
         self._steps = 0
 
     def __call__(self, params: Iterable[torch.Tensor], *args, **kwargs) -> None:
@@ -48,8 +49,9 @@ class JointAdam(PyroOptim):
         self._join(params - self._members)
         for idle in self._members - params:  # a gradient left from an earlier step must not move it now
             idle.grad = None
-        groups = self._optimizer.param_groups
-        warm_up_learning_rate(groups, [self.pt_optim_args["lr"]] * len(groups), self._steps, self.warmup_steps)
+        if self._steps < self.warmup_steps:  # every group rises to the one learning rate of optim_args
+            groups = self._optimizer.param_groups
+            warm_up_learning_rate(groups, [self.pt_optim_args["lr"]] * len(groups), self._steps, self.warmup_steps)
         self._optimizer.step(*args, **kwargs)
         self._steps += 1
         for param in params:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from myvae._exceptions import InputError
+from myvae._checks import check_non_negative_int
 
 __all__ = ["LR_WARMUP_STEPS", "check_warmup_steps", "warm_up_learning_rate"]
 
@@ -24,14 +24,9 @@ LR_WARMUP_STEPS = 100
 """Optimiser steps over which the learning rate rises linearly to its value (the training plans' default)."""
 
 
-def check_warmup_steps(warmup_steps: object) -> int:
-    """``warmup_steps`` if it is a whole number of steps, at least 0; else an :class:`~myvae.InputError` saying so."""
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise InputError(
-            f"lr_warmup_steps must be a whole number of optimiser steps, at least 0 (0 turns the warm-up off); "
-            f"got {warmup_steps!r}."
-        )
-    return warmup_steps
+def check_warmup_steps(warmup_steps: object) -> None:
+    """Refuse, with an :class:`~myvae.InputError`, a warm-up that is not a number of optimiser steps of at least 0."""
+    check_non_negative_int(warmup_steps, "lr_warmup_steps", " (optimiser steps; 0 turns the warm-up off)")
 
 
 def warm_up_learning_rate(param_groups: Iterable[dict], target_lrs: list[float], step: int, warmup_steps: int) -> None:
