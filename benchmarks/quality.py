@@ -13,10 +13,12 @@ Data sets (2,000 highly variable genes each):
 Methods, each with its defaults: ``PCA`` (50 components of log-normalised counts), scvi-tools ``SCVI``
 (``n_layers=1, n_hidden=128, n_latent=10``, with the batch key), and myvae with both backends (batch key given to
 ``setup_counts``). scib-metrics' ``Benchmarker`` scores the embeddings (unscaled); the held-out ELBO per cell is
-computed on the same 10% of cells for SCVI and myvae.
+computed on the same 10% of cells for SCVI and myvae. On the data sets with a batch, SCVI and myvae also run with
+``FURTHER_SEEDS`` (their batch scores move with the seed; the targets compare means over the seeds) and myvae (torch)
+also trains the fixed epochs of ``LONGER_TRAINING`` without early stopping.
 
-    python benchmarks/quality.py          # about 35 minutes on 2 cores (`make bench-quality`)
-    python benchmarks/quality.py --quick  # the PBMC two-batch set only (about 5 minutes)
+    python benchmarks/quality.py          # about 30 minutes on 2 cores (`make bench-quality`)
+    python benchmarks/quality.py --quick  # the PBMC two-batch set only (about 12 minutes)
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("PCA", "scvi_SCVI", "myvae_torch", "myvae_pyro")
 N_LATENT, N_HIDDEN = 10, 128
 SEED = 0
+FURTHER_SEEDS = (1, 2)
+"""Seeds run besides ``SEED`` on the data sets with a batch: their batch-correction scores move with the seed (the
+split into training and held-out cells, the initial weights, the minibatches)."""
+LONGER_TRAINING = {"myvae_torch_100_epochs": 100, "myvae_torch_400_epochs": 400}
+"""myvae (torch) trained a fixed number of epochs without early stopping, keeping the last weights, on the data sets
+with a batch: how batch mixing and the held-out ELBO move when training goes on past the best held-out epoch (400
+is as long as ``SCVI``'s defaults train)."""
 
 
 # ---------------------------------------------------------------- data ----------------------------------------------
@@ -93,14 +102,17 @@ def kang2017(data_dir: Path):
 # ---------------------------------------------------------------- methods -------------------------------------------
 
 
-def embed(method: str, adata, batch_key: str | None) -> dict:
-    """Train ``method`` on ``adata`` with its defaults; the embedding, held-out ELBO per cell and seconds."""
+def embed(method: str, adata, batch_key: str | None, seed: int = SEED) -> dict:
+    """Train ``method`` on ``adata`` with its defaults; the embedding, held-out ELBO per cell and seconds.
+
+    ``method`` is one of ``METHODS`` or of ``LONGER_TRAINING``; ``seed`` seeds SCVI and myvae alike.
+    """
     import scanpy as sc
     import scvi
 
     import myvae as mv
 
-    scvi.settings.seed = SEED
+    scvi.settings.seed = seed
     start = time.perf_counter()
     if method == "PCA":
         normalised = adata.copy()
@@ -116,7 +128,17 @@ def embed(method: str, adata, batch_key: str | None) -> dict:
     else:
         data = adata.copy()
         mv.pp.setup_counts(data, batch_key=batch_key)
-        model = mv.tl.myvae(data, backend=method.split("_")[1], return_model=True, progress=False, accelerator="cpu")
+        fixed_epochs = LONGER_TRAINING.get(method)
+        training = {} if fixed_epochs is None else {"max_epochs": fixed_epochs, "early_stopping": False}
+        model = mv.tl.myvae(
+            data,
+            backend=method.split("_")[1],
+            random_state=seed,
+            return_model=True,
+            progress=False,
+            accelerator="cpu",
+            **training,
+        )
     seconds = time.perf_counter() - start
     return {
         "embedding": model.get_latent_representation(),
@@ -180,17 +202,45 @@ def score(adata, embeddings: dict[str, np.ndarray], bio: bool, batch: bool) -> d
 # ---------------------------------------------------------------- driver -------------------------------------------
 
 
+SEEDED_METHODS = ("scvi_SCVI", "myvae_torch", "myvae_pyro")
+"""The methods whose runs are repeated with ``FURTHER_SEEDS``."""
+
+
 def run_dataset(name: str, adata, batch_key: str | None, bio: bool, batch: bool) -> dict:
-    """Every method on one data set, scored."""
+    """Every method on one data set, scored; with a batch, also over further seeds and with longer training.
+
+    ``results`` holds each method's run with ``SEED``; ``over_seeds`` (data sets with a batch only) holds, for the
+    seeded methods and the ``LONGER_TRAINING`` runs, one run per seed (``SEED`` first).
+    """
     adata.obs["batch"] = adata.obs["batch"].astype(str).astype("category")
     adata.obs["cell_type"] = adata.obs["cell_type"].astype(str).astype("category")
-    results = {method: embed(method, adata, batch_key) for method in METHODS}
-    scores = score(adata, {method: result.pop("embedding") for method, result in results.items()}, bio, batch)
-    for method, result in results.items():
-        result["scib"] = scores[method]
-    entry = {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "batch_key": batch_key, "results": results}
+    runs = {(method, SEED): embed(method, adata, batch_key) for method in METHODS}
+    if batch:
+        for seed in (SEED, *FURTHER_SEEDS):
+            for method in (*SEEDED_METHODS, *LONGER_TRAINING):
+                if (method, seed) not in runs:
+                    runs[method, seed] = embed(method, adata, batch_key, seed)
+    scores = score(adata, {_key(*method_seed): run.pop("embedding") for method_seed, run in runs.items()}, bio, batch)
+    for method_seed, run in runs.items():
+        run["scib"] = scores[_key(*method_seed)]
+    entry = {
+        "n_cells": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "batch_key": batch_key,
+        "results": {method: runs[method, SEED] for method in METHODS},
+    }
+    if batch:
+        entry["over_seeds"] = {
+            method: [{"seed": seed, **run} for (run_method, seed), run in runs.items() if run_method == method]
+            for method in (*SEEDED_METHODS, *LONGER_TRAINING)
+        }
     _print_dataset(name, entry)
     return entry
+
+
+def _key(method: str, seed: int) -> str:
+    """The embedding's key in ``obsm`` (the seed-0 runs keep the method's name: PCA is the reference embedding)."""
+    return method if seed == SEED else f"{method}_seed{seed}"
 
 
 def _print_dataset(name: str, entry: dict) -> None:
@@ -201,6 +251,28 @@ def _print_dataset(name: str, entry: dict) -> None:
         elbo = "" if result["heldout_elbo"] is None else f"held-out ELBO {result['heldout_elbo']:.2f}"
         shown = "  ".join(f"{key} {value:.3f}" for key, value in aggregates.items())
         print(f"  {method:<12} {shown}  {elbo}  ({result['seconds']:.0f} s)")
+    for method, runs in entry.get("over_seeds", {}).items():
+        shown = "  ".join(f"{key} {_over_seeds(runs, key)}" for key in AGGREGATES if key in runs[0]["scib"])
+        print(f"  {method} over seeds: {shown}  held-out ELBO {_over_seeds(runs, 'heldout_elbo', '.2f')}")
+
+
+AGGREGATES = ("Batch correction", "Bio conservation", "Total")
+SEEDED_LABELS = {
+    "scvi_SCVI": "scvi_SCVI",
+    "myvae_torch": "myvae_torch",
+    "myvae_pyro": "myvae_pyro",
+    **{method: f"myvae_torch, {epochs} epochs, last weights" for method, epochs in LONGER_TRAINING.items()},
+}
+
+
+def seed_mean(runs: list[dict], key: str) -> float:
+    """The mean over seeds of a score (or of ``heldout_elbo``)."""
+    return float(np.mean([_value(run, key) for run in runs]))
+
+
+def _over_seeds(runs: list[dict], key: str, form: str = ".3f") -> str:
+    each = ", ".join(format(_value(run, key), form) for run in runs)
+    return f"{seed_mean(runs, key):{form}} ({each})"
 
 
 def markdown_report(report: dict) -> str:
@@ -227,7 +299,27 @@ def markdown_report(report: dict) -> str:
             "| epochs run (returned, best held-out, first within 1% of it, max) | " + " | ".join(epochs) + " |"
         )
         lines.append("")
+        if "over_seeds" in entry:
+            lines += _over_seeds_table(entry["over_seeds"])
     return "\n".join(lines)
+
+
+def _over_seeds_table(over_seeds: dict[str, list[dict]]) -> list[str]:
+    """Markdown rows: each seeded method's aggregates and held-out ELBO, their mean over seeds and each seed's."""
+    seeds = ", ".join(str(run["seed"]) for run in next(iter(over_seeds.values())))
+    keys = [key for key in AGGREGATES if key in next(iter(over_seeds.values()))[0]["scib"]]
+    lines = [
+        f"Over seeds {seeds} (mean, then each seed):",
+        "",
+        "| method | " + " | ".join(keys) + " | held-out ELBO per cell | epochs run (returned) |",
+        "|---|" + "---:|" * (len(keys) + 2),
+    ]
+    for method, runs in over_seeds.items():
+        scores = [_over_seeds(runs, key) for key in keys] + [_over_seeds(runs, "heldout_elbo", ".2f")]
+        epochs = ", ".join(f"{run['epochs']} ({run.get('restored_epoch') or run['epochs']})" for run in runs)
+        lines.append(f"| {SEEDED_LABELS[method]} | " + " | ".join(scores) + f" | {epochs} |")
+    lines.append("")
+    return lines
 
 
 def _epochs(result: dict) -> str:
@@ -252,10 +344,15 @@ def targets_report(report: dict) -> str:
     rows = ["| target | data set | myvae torch | myvae Pyro | SCVI | met |", "|---|---|---:|---:|---:|:---:|"]
 
     def add(target: str, name: str, key: str, higher_is_better: bool = True) -> None:
-        results = report["datasets"].get(name, {}).get("results")
-        if not results:
+        entry = report["datasets"].get(name, {})
+        if not entry.get("results"):
             return
-        value = {method: _value(results[method], key) for method in ("myvae_torch", "myvae_pyro", "scvi_SCVI")}
+        methods = ("myvae_torch", "myvae_pyro", "scvi_SCVI")
+        if "over_seeds" in entry:  # the mean over the seeds
+            value = {method: seed_mean(entry["over_seeds"][method], key) for method in methods}
+            target += f" (mean over {len(entry['over_seeds']['myvae_torch'])} seeds)"
+        else:
+            value = {method: _value(entry["results"][method], key) for method in methods}
         if higher_is_better:
             met = value["myvae_torch"] >= value["scvi_SCVI"] and value["myvae_pyro"] >= value["scvi_SCVI"]
         else:
