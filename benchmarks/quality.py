@@ -123,14 +123,14 @@ def embed(method: str, adata, batch_key: str | None, seed: int = SEED) -> dict:
         sc.pp.pca(normalised, n_comps=50, random_state=SEED)
         return {"embedding": normalised.obsm["X_pca"], "heldout_elbo": None, "seconds": time.perf_counter() - start}
     if method.startswith("scvi"):
-        from train_throughput import SAME_MODEL_KWARGS
+        from train_throughput import SAME_MODEL_KWARGS, SAME_MODEL_PLAN_KWARGS
 
         same_model = method == "scvi_same_model"
         data = adata.copy()
         scvi.model.SCVI.setup_anndata(data, batch_key=batch_key)
         model_kwargs = SAME_MODEL_KWARGS if same_model else {}
         model = scvi.model.SCVI(data, n_layers=1, n_hidden=N_HIDDEN, n_latent=N_LATENT, **model_kwargs)
-        plan_kwargs = {"n_epochs_kl_warmup": None} if same_model else None
+        plan_kwargs = SAME_MODEL_PLAN_KWARGS if same_model else None
         model.train(accelerator="cpu", enable_progress_bar=False, plan_kwargs=plan_kwargs)
     else:
         data = adata.copy()
@@ -264,12 +264,12 @@ def _print_dataset(name: str, entry: dict) -> None:
 
 
 AGGREGATES = ("Batch correction", "Bio conservation", "Total")
-SEEDED_LABELS = {
-    "scvi_SCVI": "scvi_SCVI",
-    "myvae_torch": "myvae_torch",
-    "myvae_pyro": "myvae_pyro",
-    **{method: f"myvae_torch, {epochs} epochs, last weights" for method, epochs in LONGER_TRAINING.items()},
-}
+
+
+def _label(method: str) -> str:
+    """A method's name in the table over seeds (the ``LONGER_TRAINING`` runs say how they trained)."""
+    epochs = LONGER_TRAINING.get(method)
+    return method if epochs is None else f"myvae_torch, {epochs} epochs, last weights"
 
 
 def seed_mean(runs: list[dict], key: str) -> float:
@@ -313,8 +313,9 @@ def markdown_report(report: dict) -> str:
 
 def _over_seeds_table(over_seeds: dict[str, list[dict]]) -> list[str]:
     """Markdown rows: each seeded method's aggregates and held-out ELBO, their mean over seeds and each seed's."""
-    seeds = ", ".join(str(run["seed"]) for run in next(iter(over_seeds.values())))
-    keys = [key for key in AGGREGATES if key in next(iter(over_seeds.values()))[0]["scib"]]
+    first_runs = next(iter(over_seeds.values()))
+    seeds = ", ".join(str(run["seed"]) for run in first_runs)
+    keys = [key for key in AGGREGATES if key in first_runs[0]["scib"]]
     lines = [
         f"Over seeds {seeds} (mean, then each seed):",
         "",
@@ -324,7 +325,7 @@ def _over_seeds_table(over_seeds: dict[str, list[dict]]) -> list[str]:
     for method, runs in over_seeds.items():
         scores = [_over_seeds(runs, key) for key in keys] + [_over_seeds(runs, "heldout_elbo", ".2f")]
         epochs = ", ".join(f"{run['epochs']} ({run.get('restored_epoch') or run['epochs']})" for run in runs)
-        lines.append(f"| {SEEDED_LABELS[method]} | " + " | ".join(scores) + f" | {epochs} |")
+        lines.append(f"| {_label(method)} | " + " | ".join(scores) + f" | {epochs} |")
     lines.append("")
     return lines
 

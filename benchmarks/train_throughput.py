@@ -61,7 +61,9 @@ SAME_MODEL_KWARGS = {
     "use_batch_norm": "none",
     "use_layer_norm": "none",
 }
-"""What turns scvi-tools' SCVI into myvae's model (with ``plan_kwargs={"n_epochs_kl_warmup": None}``)."""
+"""What turns scvi-tools' SCVI into myvae's model (with ``SAME_MODEL_PLAN_KWARGS``)."""
+SAME_MODEL_PLAN_KWARGS = {"n_epochs_kl_warmup": None}
+"""The training plan's part of it: no KL warm-up."""
 SAME_SCHEDULE_KWARGS = {"check_val_every_n_epoch": 1}
 """What makes the same-model SCVI do myvae's work per epoch: score the held-out cells after every epoch."""
 N_LATENT, N_HIDDEN = 10, 128
@@ -158,7 +160,7 @@ def _call_scvi(adata, method: str, epochs: int, accelerator: str, clock):
 
     same_model = method == "scvi_same_model"
     model_kwargs = SAME_MODEL_KWARGS if same_model else {}
-    plan_kwargs = {"n_epochs_kl_warmup": None} if same_model else None
+    plan_kwargs = SAME_MODEL_PLAN_KWARGS if same_model else None
     train_kwargs = SAME_SCHEDULE_KWARGS if same_model else {}
     scvi.model.SCVI.setup_anndata(adata)
     model = scvi.model.SCVI(adata, n_layers=1, n_hidden=N_HIDDEN, n_latent=N_LATENT, **model_kwargs)
