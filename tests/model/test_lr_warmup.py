@@ -85,11 +85,12 @@ def test_joint_adam_warms_up_over_its_first_steps():
     np.testing.assert_allclose(rates, [0.1, 0.2, 0.2, 0.2])
 
 
-def test_the_default_call_keeps_every_cell_distinct_and_the_embedding_full_rank():
+def test_the_default_call_keeps_every_cell_distinct_and_every_latent_dimension_active():
     """Without the warm-up, the default learning rate killed nearly all of the mean encoder's ReLU units.
 
     On PBMC 3k 125 of its 128 units died in the first epochs, 241 cells had none active left, so they all got one and
-    the same embedding, and the embedding had rank 3 of 10.
+    the same embedding, and the embedding had rank 3 of 10 (with the KL annealing of today's defaults and no warm-up,
+    26 distinct embeddings and none of the 10 dimensions active).
     """
     import scanpy as sc
 
@@ -98,5 +99,7 @@ def test_the_default_call_keeps_every_cell_distinct_and_the_embedding_full_rank(
     mv.tl.myvae(adata, progress=False, accelerator="cpu")
     embedding = adata.obsm["X_myvae"]
     assert len(np.unique(embedding, axis=0)) == adata.n_obs
+    # active units (Burda et al. 2016): the posterior mean of each dimension varies across cells by more than 0.01
+    assert embedding.var(axis=0).min() > 0.01
     singular_values = np.linalg.svd(embedding - embedding.mean(axis=0), compute_uv=False)
-    assert singular_values[-1] > 0.1 * singular_values[0]
+    assert singular_values[-1] > 0.01 * singular_values[0]  # full rank

@@ -223,7 +223,10 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
         plan_kwargs
             Passed to the training plan (:class:`~myvae.model.LeanTrainingPlan`, an scvi-tools
             :class:`~scvi.train.TrainingPlan`, for a PyTorch module; :class:`~myvae.model.ValidatedPyroTrainingPlan`,
-            a :class:`~scvi.train.PyroTrainingPlan`, for a Pyro module).
+            a :class:`~scvi.train.PyroTrainingPlan`, for a Pyro module). Both weight the KL term 20 times at the
+            first step and lower the weight linearly to 1 over the first 300 steps, which keeps the batch out of
+            the latent code (``{"kl_anneal_steps": 0}`` turns that off; scvi-tools' ``n_epochs_kl_warmup``
+            replaces it).
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (Lightning); an unknown keyword is an
             :class:`~myvae.InputError` naming the valid ones.

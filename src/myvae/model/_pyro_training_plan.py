@@ -6,36 +6,61 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.train import PyroTrainingPlan
 
+from myvae._docs import doc_params
+from myvae.module._networks import kl_to_standard_normal
+
 from ._epoch_means import EpochMeansMixin
 from ._guards import check_finite_loss
 from ._joint_adam import JointAdam
+from ._kl_anneal import KL_ANNEAL_DOC, KL_WEIGHT_START, KLAnnealMixin
 from ._lr_warmup import LR_WARMUP_STEPS, check_warmup_steps
 
 __all__ = ["ValidatedPyroTrainingPlan"]
 
 
-class ValidatedPyroTrainingPlan(EpochMeansMixin, PyroTrainingPlan):
+@doc_params(kl_anneal=KL_ANNEAL_DOC)
+class ValidatedPyroTrainingPlan(KLAnnealMixin, EpochMeansMixin, PyroTrainingPlan):
     """:class:`~scvi.train.PyroTrainingPlan` that logs the history of :class:`~myvae.model.LeanTrainingPlan`.
 
     ``elbo_train`` and ``elbo_validation`` (and ``validation_loss``, which early stopping can monitor) are the
     negative ELBO per cell, averaged over the cells of the epoch — not, as in scvi-tools' Pyro plan, averaged over
-    minibatches — so both backends log the same numbers for the same training. Under a KL warm-up
-    (``n_epochs_kl_warmup`` or ``n_steps_kl_warmup`` in ``plan_kwargs``) ``elbo_train`` is the KL-weighted loss
-    that SVI optimises, as in scvi-tools; ``elbo_validation`` is always the full ELBO.
+    minibatches — so both backends log the same numbers for the same training. While the KL term is weighted
+    (the annealing of ``kl_anneal_steps``, or scvi-tools' KL warm-up), SVI optimises the weighted loss, and
+    ``elbo_train`` is still the full ELBO, as in the PyTorch plan: the step adds back what the weight took off the
+    analytic KL term.
 
     Without an ``optim``, the parameters are optimised by :class:`~myvae.model.JointAdam` with ``optim_kwargs``
     (scvi-tools' default learning rate of 1e-3 where they give none): Pyro's Adam, with one torch optimiser for all
     parameters instead of one per parameter, whose learning rate rises linearly over the first ``lr_warmup_steps``
-    steps as in :class:`~myvae.model.LeanTrainingPlan` (an ``optim`` of the caller's is used as it is).
+    steps as in :class:`~myvae.model.LeanTrainingPlan` (an ``optim`` of the caller's is used as it is). The KL
+    term's weight falls from ``kl_weight_start`` to 1 over the first ``kl_anneal_steps`` steps, as there.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Those of :class:`~scvi.train.PyroTrainingPlan`.
+    optim, optim_kwargs
+        Pyro optimiser and its arguments.
+    lr_warmup_steps
+        Optimiser steps over which the learning rate rises linearly (0: none).
+    {kl_anneal}
     """
 
     def __init__(
-        self, *args, optim=None, optim_kwargs: dict | None = None, lr_warmup_steps: int = LR_WARMUP_STEPS, **kwargs
+        self,
+        *args,
+        optim=None,
+        optim_kwargs: dict | None = None,
+        lr_warmup_steps: int = LR_WARMUP_STEPS,
+        kl_anneal_steps: int | None = None,
+        kl_weight_start: float = KL_WEIGHT_START,
+        **kwargs,
     ):
         check_warmup_steps(lr_warmup_steps)
         if optim is None:
             optim = JointAdam({"lr": 1e-3, **(optim_kwargs or {})}, warmup_steps=lr_warmup_steps)
         super().__init__(*args, optim=optim, **kwargs)
+        self._init_kl_anneal(kl_anneal_steps, kl_weight_start)
         self._init_epoch_totals()
 
     @property
@@ -44,14 +69,22 @@ class ValidatedPyroTrainingPlan(EpochMeansMixin, PyroTrainingPlan):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """One SVI step; stops with :class:`~myvae.TrainingDivergedError` once the ELBO is no longer finite."""
+        kl_weight = self.kl_weight if self.use_kl_weight else 1.0
+        unweighted_kl = self._kl_sum(batch) if kl_weight != 1.0 else 0.0  # before the step changes the weights
         output = super().training_step(batch, batch_idx)
         # scvi-tools keeps every step's loss for a mean over minibatches; the epoch's totals replace it
         self.training_step_outputs.clear()
-        loss = float(output["loss"]) / self.scale_elbo
-        check_finite_loss(loss, stage="training", epoch=self.current_epoch, lr=self._learning_rate)
         n_obs = batch[REGISTRY_KEYS.X_KEY].shape[0]
+        loss = float(output["loss"]) / self.scale_elbo + (1.0 - kl_weight) * unweighted_kl / n_obs
+        check_finite_loss(loss, stage="training", epoch=self.current_epoch, lr=self._learning_rate)
         self._train_totals.add(n_obs, elbo=loss * n_obs)
         return output
+
+    @torch.no_grad()
+    def _kl_sum(self, batch: dict[str, torch.Tensor]) -> float:
+        """The analytic KL term of a minibatch, summed over its cells, at the current weights."""
+        args, _ = self.module._get_fn_args_from_batch(batch)
+        return float(kl_to_standard_normal(self.module.networks.posterior(args[0])).sum())
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Score one minibatch of held-out cells."""

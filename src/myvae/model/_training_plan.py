@@ -6,19 +6,24 @@ import torch
 from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
 
+from myvae._docs import doc_params
+
 from ._epoch_means import EpochMeansMixin, EpochTotals
+from ._kl_anneal import KL_ANNEAL_DOC, KL_WEIGHT_START, KLAnnealMixin
 from ._lr_warmup import LR_WARMUP_STEPS, check_warmup_steps, warm_up_learning_rate
 
 __all__ = ["LeanTrainingPlan"]
 
 
-class LeanTrainingPlan(EpochMeansMixin, TrainingPlan):
+@doc_params(kl_anneal=KL_ANNEAL_DOC)
+class LeanTrainingPlan(KLAnnealMixin, EpochMeansMixin, TrainingPlan):
     """:class:`~scvi.train.TrainingPlan` that logs epoch means instead of updating metrics at every step.
 
     It keeps scvi-tools' optimiser, learning-rate schedule and KL warm-up, and logs the same per-epoch history
     keys (``elbo_train``, ``elbo_validation``, ``reconstruction_loss_*``, ``kl_local_*``, ``validation_loss``)
     — the negative ELBO per cell, averaged over the cells of the epoch. The learning rate rises linearly to ``lr``
-    over the first ``lr_warmup_steps`` optimiser steps (see ``myvae.model._lr_warmup``).
+    over the first ``lr_warmup_steps`` optimiser steps (see ``myvae.model._lr_warmup``), and the KL term's weight
+    falls linearly from ``kl_weight_start`` to 1 over the first ``kl_anneal_steps`` (see ``myvae.model._kl_anneal``).
 
     Parameters
     ----------
@@ -26,11 +31,20 @@ class LeanTrainingPlan(EpochMeansMixin, TrainingPlan):
         Those of :class:`~scvi.train.TrainingPlan`.
     lr_warmup_steps
         Optimiser steps over which the learning rate rises linearly to ``lr`` (0: none).
+    {kl_anneal}
     """
 
-    def __init__(self, *args, lr_warmup_steps: int = LR_WARMUP_STEPS, **kwargs):
+    def __init__(
+        self,
+        *args,
+        lr_warmup_steps: int = LR_WARMUP_STEPS,
+        kl_anneal_steps: int | None = None,
+        kl_weight_start: float = KL_WEIGHT_START,
+        **kwargs,
+    ):
         check_warmup_steps(lr_warmup_steps)  # before any work
         super().__init__(*args, **kwargs)
+        self._init_kl_anneal(kl_anneal_steps, kl_weight_start)
         self._init_epoch_totals(("reconstruction_loss", "kl_local"))
         self.lr_warmup_steps = lr_warmup_steps
         self._target_lrs: list[float] | None = None
