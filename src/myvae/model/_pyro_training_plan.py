@@ -7,7 +7,6 @@ from scvi import REGISTRY_KEYS
 from scvi.train import PyroTrainingPlan
 
 from myvae._docs import doc_params
-from myvae.module._networks import kl_to_standard_normal
 
 from ._epoch_means import EpochMeansMixin
 from ._guards import check_finite_loss
@@ -70,21 +69,16 @@ class ValidatedPyroTrainingPlan(KLAnnealMixin, EpochMeansMixin, PyroTrainingPlan
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """One SVI step; stops with :class:`~myvae.TrainingDivergedError` once the ELBO is no longer finite."""
         kl_weight = self.kl_weight if self.use_kl_weight else 1.0
-        unweighted_kl = self._kl_sum(batch) if kl_weight != 1.0 else 0.0  # before the step changes the weights
         output = super().training_step(batch, batch_idx)
         # scvi-tools keeps every step's loss for a mean over minibatches; the epoch's totals replace it
         self.training_step_outputs.clear()
         n_obs = batch[REGISTRY_KEYS.X_KEY].shape[0]
-        loss = float(output["loss"]) / self.scale_elbo + (1.0 - kl_weight) * unweighted_kl / n_obs
+        loss = float(output["loss"]) / self.scale_elbo
+        if kl_weight != 1.0:  # add back what the weight took off the KL term that the step's guide computed
+            loss += (1.0 - kl_weight) * float(self.module.unweighted_kl_sum) / n_obs
         check_finite_loss(loss, stage="training", epoch=self.current_epoch, lr=self._learning_rate)
         self._train_totals.add(n_obs, elbo=loss * n_obs)
         return output
-
-    @torch.no_grad()
-    def _kl_sum(self, batch: dict[str, torch.Tensor]) -> float:
-        """The analytic KL term of a minibatch, summed over its cells, at the current weights."""
-        args, _ = self.module._get_fn_args_from_batch(batch)
-        return float(kl_to_standard_normal(self.module.networks.posterior(args[0])).sum())
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Score one minibatch of held-out cells."""

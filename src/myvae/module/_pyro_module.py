@@ -13,7 +13,7 @@ from scvi.module.base import PyroBaseModuleClass
 from myvae._docs import doc_params
 
 from ._base import SharedNetworksMixin, batch_of, observed_library
-from ._networks import SIZES_DOC, counts_for
+from ._networks import SIZES_DOC, counts_for, kl_to_standard_normal
 
 __all__ = ["PyroVAEModule"]
 
@@ -26,7 +26,9 @@ class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
     plate is scaled by :math:`1/N` (minibatch size), so Pyro's mean-field ELBO
     (:class:`~pyro.infer.TraceMeanField_ELBO`, analytic KL) equals the PyTorch module's loss for the same weights
     and the same random draw. The latent site is also scaled by the KL weight :math:`w` in both ``model`` and
-    ``guide``, which scales the analytic KL term.
+    ``guide``, which scales the analytic KL term; a guide run with :math:`w \neq 1` keeps that term, unweighted and
+    summed over the minibatch's cells, as ``unweighted_kl_sum`` (a tensor), from which the training plan logs the
+    full ELBO.
 
     Parameters
     ----------
@@ -67,8 +69,11 @@ class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
         self, x: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None = None, kl_weight: float = 1.0
     ) -> None:
         pyro.module("myvae_networks", self.networks)
+        posterior = self.networks.posterior(x)
+        if kl_weight != 1.0:
+            self.unweighted_kl_sum = kl_to_standard_normal(posterior).sum().detach()
         with self._cell_plate(x), poutine.scale(scale=1.0 / x.shape[0]), poutine.scale(scale=kl_weight):
-            pyro.sample("z", self.networks.posterior(x).to_event(1))
+            pyro.sample("z", posterior.to_event(1))
 
     def on_load(self, model, **kwargs) -> None:
         """Nothing to rebuild on load: every parameter lives in ``networks``, restored from the state dict."""
