@@ -80,3 +80,25 @@ def test_tl_myvae_refuses_a_bad_annealing_and_leaves_the_data_as_it_was(
 ):
     with unchanged(small_adata), pytest.raises(mv.InputError, match=message):
         mv.tl.myvae(small_adata, backend=backend, plan_kwargs=plan_kwargs, **fast_train_kwargs())
+
+
+class _GuideWithoutKL(mv.module.PyroVAEModule):
+    """A Pyro module of one's own whose guide does not keep its KL term."""
+
+    def _guide(self, x, library, batch_index=None, kl_weight=1.0):
+        super()._guide(x, library, batch_index, kl_weight)
+        self.unweighted_kl_sum = None
+
+
+def test_a_pyro_module_whose_guide_keeps_no_kl_term_logs_the_weighted_loss(small_adata, monkeypatch):
+    monkeypatch.setitem(mv.model.BACKENDS, "pyro-without-kl", _GuideWithoutKL)
+    plan_kwargs = {"kl_anneal_steps": 100, "kl_weight_start": 50.0}
+    histories = {}
+    for backend in ("pyro", "pyro-without-kl"):
+        model = mv.tl.myvae(
+            small_adata, backend=backend, plan_kwargs=plan_kwargs, return_model=True, **fast_train_kwargs(max_epochs=2)
+        )
+        histories[backend] = model.history["elbo_train"].to_numpy(dtype=float).ravel()
+    # the same training; the weighted loss counts the KL term up to 50 times
+    assert np.isfinite(histories["pyro-without-kl"]).all()
+    assert (histories["pyro-without-kl"] > histories["pyro"]).all()

@@ -26,7 +26,8 @@ class ValidatedPyroTrainingPlan(KLAnnealMixin, EpochMeansMixin, PyroTrainingPlan
     minibatches — so both backends log the same numbers for the same training. While the KL term is weighted
     (the annealing of ``kl_anneal_steps``, or scvi-tools' KL warm-up), SVI optimises the weighted loss, and
     ``elbo_train`` is still the full ELBO, as in the PyTorch plan: the step adds back what the weight took off the
-    analytic KL term.
+    analytic KL term, which the guide of :class:`~myvae.module.PyroVAEModule` keeps (a module of one's own whose
+    guide does not keep it as ``unweighted_kl_sum`` logs the weighted loss, as scvi-tools does).
 
     Without an ``optim``, the parameters are optimised by :class:`~myvae.model.JointAdam` with ``optim_kwargs``
     (scvi-tools' default learning rate of 1e-3 where they give none): Pyro's Adam, with one torch optimiser for all
@@ -69,13 +70,16 @@ class ValidatedPyroTrainingPlan(KLAnnealMixin, EpochMeansMixin, PyroTrainingPlan
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """One SVI step; stops with :class:`~myvae.TrainingDivergedError` once the ELBO is no longer finite."""
         kl_weight = self.kl_weight if self.use_kl_weight else 1.0
+        if kl_weight != 1.0:
+            self.module.unweighted_kl_sum = None  # the step's guide sets it (PyroVAEModule's does)
         output = super().training_step(batch, batch_idx)
         # scvi-tools keeps every step's loss for a mean over minibatches; the epoch's totals replace it
         self.training_step_outputs.clear()
         n_obs = batch[REGISTRY_KEYS.X_KEY].shape[0]
         loss = float(output["loss"]) / self.scale_elbo
-        if kl_weight != 1.0:  # add back what the weight took off the KL term that the step's guide computed
-            loss += (1.0 - kl_weight) * float(self.module.unweighted_kl_sum) / n_obs
+        unweighted_kl_sum = getattr(self.module, "unweighted_kl_sum", None) if kl_weight != 1.0 else None
+        if unweighted_kl_sum is not None:  # add back what the weight took off the KL term
+            loss += (1.0 - kl_weight) * float(unweighted_kl_sum) / n_obs
         check_finite_loss(loss, stage="training", epoch=self.current_epoch, lr=self._learning_rate)
         self._train_totals.add(n_obs, elbo=loss * n_obs)
         return output
