@@ -70,16 +70,14 @@ class ValidatedPyroTrainingPlan(KLAnnealMixin, EpochMeansMixin, PyroTrainingPlan
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """One SVI step; stops with :class:`~myvae.TrainingDivergedError` once the ELBO is no longer finite."""
         kl_weight = self.kl_weight if self.use_kl_weight else 1.0
-        if kl_weight != 1.0:
-            self.module.unweighted_kl_sum = None  # the step's guide sets it (PyroVAEModule's does)
+        self.module.unweighted_kl_sum = None  # a guide run with a KL weight other than 1 sets it (PyroVAEModule's does)
         output = super().training_step(batch, batch_idx)
         # scvi-tools keeps every step's loss for a mean over minibatches; the epoch's totals replace it
         self.training_step_outputs.clear()
         n_obs = batch[REGISTRY_KEYS.X_KEY].shape[0]
         loss = float(output["loss"]) / self.scale_elbo
-        unweighted_kl_sum = getattr(self.module, "unweighted_kl_sum", None) if kl_weight != 1.0 else None
-        if unweighted_kl_sum is not None:  # add back what the weight took off the KL term
-            loss += (1.0 - kl_weight) * float(unweighted_kl_sum) / n_obs
+        if self.module.unweighted_kl_sum is not None:  # add back what the weight took off the KL term
+            loss += (1.0 - kl_weight) * float(self.module.unweighted_kl_sum) / n_obs
         check_finite_loss(loss, stage="training", epoch=self.current_epoch, lr=self._learning_rate)
         self._train_totals.add(n_obs, elbo=loss * n_obs)
         return output
