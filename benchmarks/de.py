@@ -20,7 +20,9 @@ a gene-wise batch effect on the second (both built as in ``benchmarks/quality.py
    data (``proba_de < 0.5`` there) are batch-driven. Both counted with ``batch_correction=False`` and ``True``.
    As a control, the confounded comparison on the same cells without the batch effect (their batch-free counts, a
    model trained on them without a batch key): the calls among those genes there are what two models disagree on,
-   the floor that the batch-driven calls are measured against.
+   the floor that the batch-driven calls are measured against. The same counts with scvi-tools: an SCVI of the size
+   above trained with the batch key (and one on the control's counts) for as many epochs as myvae's two-batch model,
+   ``differential_expression(mode="change")`` with ``batch_correction=False`` and ``True``.
 
     python benchmarks/de.py           # myvae's default training (about 25 minutes on 2 free cores)
     python benchmarks/de.py --quick   # 30 epochs for every model (about 8 minutes)
@@ -53,6 +55,8 @@ MARKERS = {
 }
 TOP = 50
 MIN_CELLS_PER_BATCH = 30
+CONFOUNDED = ("B|batch_1", "CD14+ Mono|batch_2")
+"""The comparison confounded with the batch: B cells of batch 1 against CD14+ monocytes of batch 2."""
 
 
 def _ranked_names(adata, key: str = "rank_genes_groups") -> dict[str, list[str]]:
@@ -104,17 +108,22 @@ def run_wilcoxon(adata) -> dict[str, list[str]]:
     return _ranked_names(normalised)
 
 
-def run_scvi_de(adata, epochs: int) -> tuple[dict[str, list[str]], float, float]:
-    """SCVI of myvae's size trained for ``epochs``; its per-group ranking, DE seconds and training seconds."""
+def train_scvi(adata, epochs: int, batch_key: str | None = None):
+    """An SCVI of myvae's size (NB likelihood) on a copy of ``adata``, trained for ``epochs``; the model and seconds."""
     import scvi
 
     scvi.settings.seed = SEED
     data = adata.copy()
-    scvi.model.SCVI.setup_anndata(data)
+    scvi.model.SCVI.setup_anndata(data, batch_key=batch_key)
     model = scvi.model.SCVI(data, n_latent=N_LATENT, n_hidden=N_HIDDEN, n_layers=1, gene_likelihood="nb")
     start = time.perf_counter()
     model.train(max_epochs=epochs, accelerator="cpu", enable_progress_bar=False)
-    training = time.perf_counter() - start
+    return model, time.perf_counter() - start
+
+
+def run_scvi_de(adata, epochs: int) -> tuple[dict[str, list[str]], float, float]:
+    """SCVI of myvae's size trained for ``epochs``; its per-group ranking, DE seconds and training seconds."""
+    model, training = train_scvi(adata, epochs)
     start = time.perf_counter()
     table = model.differential_expression(groupby=GROUPBY, mode="change", silent=True)
     seconds = time.perf_counter() - start
@@ -139,14 +148,16 @@ def overlaps(ours: dict[str, list[str]], theirs: dict[str, list[str]]) -> dict[s
 
 
 def batch_driven_calls(epochs: int | None, clean_model, clean) -> dict:
-    """DE calls driven by the batch on the two-batch set, without and with batch correction."""
+    """DE calls driven by the batch on the two-batch set, without and with batch correction, myvae and scvi-tools."""
     import myvae as mv
 
     adata = with_batch_effect(clean)
     adata.obs["type_batch"] = adata.obs[GROUPBY].astype(str) + "|" + adata.obs["batch"].astype(str)
-    model, _ = train_myvae(adata, epochs, batch_key="batch")
     counts = adata.obs.groupby([GROUPBY, "batch"], observed=True).size().unstack()
     types = [t for t in counts.index if (counts.loc[t] >= MIN_CELLS_PER_BATCH).all()]
+    # the control: the same cells and comparisons without the batch effect
+    control = clean[adata.obs_names].copy()
+    control.obs["type_batch"] = adata.obs["type_batch"].to_numpy()
 
     reference = clean.copy()
     mv.tl.rank_genes_groups(reference, GROUPBY, groups=["B"], reference="CD14+ Mono", model=clean_model)
@@ -159,42 +170,75 @@ def batch_driven_calls(epochs: int | None, clean_model, clean) -> dict:
     )
     null_genes = {gene for gene, p in proba.items() if p < 0.5}
 
-    result = {"cell_types": types, "n_null_genes": len(null_genes), "same_type": {}, "confounded": {}}
+    model, _ = train_myvae(adata, epochs, batch_key="batch")
+    control_model, _ = train_myvae(control, epochs)
+    epochs_trained = int(adata.uns["myvae"]["params"]["epochs_trained"])
+    scvi_model, _ = train_scvi(adata, epochs_trained, batch_key="batch")
+    scvi_control_model, _ = train_scvi(control, epochs_trained)
+    return {
+        "cell_types": types,
+        "n_null_genes": len(null_genes),
+        "scvi_epochs": epochs_trained,
+        "myvae": _calls_with_and_without_correction(
+            _myvae_caller(adata, model), _myvae_caller(control, control_model), types, null_genes
+        ),
+        "scvi": _calls_with_and_without_correction(
+            _scvi_caller(scvi_model), _scvi_caller(scvi_control_model), types, null_genes
+        ),
+    }
+
+
+def _myvae_caller(adata, model):
+    """The genes ``mv.tl.rank_genes_groups`` calls DE (FDR 0.05) between two groups of ``type_batch``."""
+    import myvae as mv
+
+    def called(group: str, reference: str, batch_correction: bool = False) -> set[str]:
+        mv.tl.rank_genes_groups(
+            adata, "type_batch", groups=[group], reference=reference, batch_correction=batch_correction, model=model
+        )
+        ranking = adata.uns["rank_genes_groups"]
+        return {str(g) for g, c in zip(ranking["names"][group], ranking["is_de_fdr"][group], strict=True) if c}
+
+    return called
+
+
+def _scvi_caller(model):
+    """The genes scvi-tools' ``differential_expression`` calls DE (FDR 0.05) between two groups of ``type_batch``."""
+
+    def called(group: str, reference: str, batch_correction: bool = False) -> set[str]:
+        table = model.differential_expression(
+            groupby="type_batch",
+            group1=group,
+            group2=reference,
+            mode="change",
+            batch_correction=batch_correction,
+            silent=True,
+        )
+        return {str(gene) for gene in table.index[table["is_de_fdr_0.05"].to_numpy()]}
+
+    return called
+
+
+def _calls_with_and_without_correction(called, called_without_batch_effect, types, null_genes: set[str]) -> dict:
+    """Same-type calls per cell type, and the confounded comparison's calls, without and with batch correction.
+
+    ``called(group, reference, batch_correction)`` gives the genes called DE on the two-batch set,
+    ``called_without_batch_effect(group, reference)`` those called on the same cells without the batch effect.
+    """
+    result = {"same_type": {}, "confounded": {}}
     for correction in (False, True):
         label = "batch_correction" if correction else "no_correction"
-        per_type = {}
-        for cell_type in types:
-            mv.tl.rank_genes_groups(
-                adata,
-                "type_batch",
-                groups=[f"{cell_type}|batch_2"],
-                reference=f"{cell_type}|batch_1",
-                batch_correction=correction,
-                model=model,
-            )
-            per_type[cell_type] = int(adata.uns["rank_genes_groups"]["is_de_fdr"][f"{cell_type}|batch_2"].sum())
-        result["same_type"][label] = per_type
-        result["confounded"][label] = confounded_calls(adata, model, null_genes, batch_correction=correction)
-
-    # the control: the same cells and comparison without the batch effect, on a model of their batch-free counts
-    control = clean[adata.obs_names].copy()
-    control.obs["type_batch"] = adata.obs["type_batch"].to_numpy()
-    control_model, _ = train_myvae(control, epochs)
-    result["confounded"]["without_batch_effect"] = confounded_calls(control, control_model, null_genes)
+        result["same_type"][label] = {
+            cell_type: len(called(f"{cell_type}|batch_2", f"{cell_type}|batch_1", batch_correction=correction))
+            for cell_type in types
+        }
+        result["confounded"][label] = _confounded(called(*CONFOUNDED, batch_correction=correction), null_genes)
+    result["confounded"]["without_batch_effect"] = _confounded(called_without_batch_effect(*CONFOUNDED), null_genes)
     return result
 
 
-def confounded_calls(adata, model, null_genes: set[str], **kwargs) -> dict:
-    """B cells of batch 1 against CD14+ monocytes of batch 2: DE calls, those among ``null_genes``, markers called."""
-    import myvae as mv
-
-    mv.tl.rank_genes_groups(
-        adata, "type_batch", groups=["B|batch_1"], reference="CD14+ Mono|batch_2", model=model, **kwargs
-    )
-    ranking = adata.uns["rank_genes_groups"]
-    called = {
-        str(g) for g, c in zip(ranking["names"]["B|batch_1"], ranking["is_de_fdr"]["B|batch_1"], strict=True) if c
-    }
+def _confounded(called: set[str], null_genes: set[str]) -> dict:
+    """The confounded comparison's calls, those among ``null_genes`` and the markers among them."""
     return {
         "calls": len(called),
         "calls_among_null_genes": len(called & null_genes),
@@ -300,40 +344,50 @@ def markdown_report(report: dict) -> str:
         "",
     ]
     batch = report["batch"]
-    lines += [
-        "Same cell type, batch 2 against batch 1 (random split: every call is batch-driven); DE calls at FDR 0.05:",
-        "",
-        "| cell type | batch_correction=False | batch_correction=True |",
-        "|---|---:|---:|",
-    ]
-    for cell_type in batch["cell_types"]:
-        lines.append(
-            f"| {cell_type} | {batch['same_type']['no_correction'][cell_type]} | "
-            f"{batch['same_type']['batch_correction'][cell_type]} |"
-        )
-    totals = {label: sum(values.values()) for label, values in batch["same_type"].items()}
-    lines.append(f"| total | {totals['no_correction']} | {totals['batch_correction']} |")
+    tools = {"myvae": "myvae", "scvi": "scvi-tools"}
     columns = {"no_correction": "batch_correction=False", "batch_correction": "batch_correction=True"}
-    if "without_batch_effect" in batch["confounded"]:  # the control (reports from before it lack it)
-        columns["without_batch_effect"] = "same cells without the batch effect"
-    confounded = [batch["confounded"][key] for key in columns]
+    lines += [
+        "Same cell type, batch 2 against batch 1 (random split: every call is batch-driven); DE calls at FDR 0.05 "
+        f"(scvi-tools: an SCVI of the same size trained with the batch key for {batch['scvi_epochs']} epochs, as many "
+        "as myvae trained):",
+        "",
+        "| cell type | "
+        + " | ".join(f"{tool}, {column}" for tool in tools.values() for column in columns.values())
+        + " |",
+        "|---|" + "---:|" * (len(tools) * len(columns)),
+    ]
+    for cell_type in [*batch["cell_types"], "total"]:
+        values = [
+            sum(batch[tool]["same_type"][key].values())
+            if cell_type == "total"
+            else batch[tool]["same_type"][key][cell_type]
+            for tool in tools
+            for key in columns
+        ]
+        lines.append(f"| {cell_type} | " + " | ".join(str(value) for value in values) + " |")
+    columns["without_batch_effect"] = "same cells without the batch effect"
     lines += [
         "",
         "B cells of batch 1 against CD14+ monocytes of batch 2 (confounded with the batch); calls among the "
-        f"{batch['n_null_genes']} genes not DE between the two types in the batch-free data are batch-driven, beyond "
-        "the calls among them that the same comparison makes without the batch effect (last column, where present):",
+        f"{batch['n_null_genes']} genes not DE between the two types in the batch-free data (myvae's `proba_de` < "
+        "0.5) are batch-driven, beyond the calls among them that the same comparison makes on the same cells without "
+        "the batch effect (each tool's model of their batch-free counts):",
         "",
         "| | " + " | ".join(columns.values()) + " |",
         "|---|" + "---:|" * len(columns),
-        "| DE calls | " + " | ".join(str(entry["calls"]) for entry in confounded) + " |",
-        "| calls among those genes | "
-        + " | ".join(str(entry["calls_among_null_genes"]) for entry in confounded)
-        + " |",
-        "| markers called (of MS4A1, CD79A, CD14, LYZ) | "
-        + " | ".join(", ".join(entry["markers_called"]) for entry in confounded)
-        + " |",
-        "",
     ]
+    for tool, name in tools.items():
+        entries = [batch[tool]["confounded"][key] for key in columns]
+        lines += [
+            f"| {name}: DE calls | " + " | ".join(str(entry["calls"]) for entry in entries) + " |",
+            f"| {name}: calls among those genes | "
+            + " | ".join(str(entry["calls_among_null_genes"]) for entry in entries)
+            + " |",
+            f"| {name}: markers called (of MS4A1, CD79A, CD14, LYZ) | "
+            + " | ".join(", ".join(entry["markers_called"]) for entry in entries)
+            + " |",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 
