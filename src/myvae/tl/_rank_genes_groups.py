@@ -115,14 +115,27 @@ def _comparisons(labels: pd.Categorical, groupby: str, selected: Sequence[str], 
     for group in selected:
         in_group = values == group
         in_reference = values == reference if reference != "rest" else ~in_group
-        for name, mask in ((group, in_group), (reference, in_reference)):
+        for side, mask in ((group, in_group), (reference, in_reference)):
             if mask.sum() < MIN_GROUP_CELLS:
-                raise InputError(
-                    f"Group {name!r} of obs[{groupby!r}] has {int(mask.sum())} cells; differential expression needs "
-                    f"at least {MIN_GROUP_CELLS}. Leave it out with groups=[...], or merge it with another group."
-                )
+                raise InputError(_too_few_cells(side, group, groupby, int(mask.sum())))
         comparisons.append(Comparison(group, np.flatnonzero(in_group), np.flatnonzero(in_reference)))
     return comparisons
+
+
+def _too_few_cells(side: str, group: str, groupby: str, n_cells: int) -> str:
+    """The message for a comparison one of whose sides (``side``: the group, or its reference) has too few cells."""
+    cells = f"{n_cells} cell" + ("" if n_cells == 1 else "s")
+    if side == group:
+        where, fix = f"Group {group!r} of obs[{groupby!r}] has {cells}", "leave it out with groups=[...]"
+    elif side == "rest":
+        where = f"The rest of obs[{groupby!r}] (the cells outside group {group!r}) has {cells}"
+        fix = "leave that group out with groups=[...]"
+    else:
+        where, fix = f"The reference group {side!r} of obs[{groupby!r}] has {cells}", "choose another reference"
+    return (
+        f"{where}; differential expression needs at least {MIN_GROUP_CELLS} on each side. Either {fix}, or merge "
+        "the small group with another."
+    )
 
 
 def _check_options(mode: Any, delta: Any, n_samples: Any, fdr: Any, batch_correction: Any, random_state: Any) -> None:
