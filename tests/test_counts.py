@@ -57,7 +57,7 @@ def test_chunked_counts_check_sums_problems_over_chunks(small_adata, backed_adat
     check_counts_in_chunks(backed_adata.X, "adata.X", chunk_size=7)
     dense = small_adata.X.toarray()
     dense[[3, 40, 79]] = 0
-    with pytest.raises(InputError, match="3 cells have zero total counts in adata.X"):
+    with pytest.raises(InputError, match="adata.X has 3 cells with zero total counts"):
         check_counts_in_chunks(dense, "adata.X", chunk_size=7)
     dense = small_adata.X.toarray()
     dense[[3, 40], 0] = np.nan

@@ -10,6 +10,7 @@ from anndata import AnnData
 
 from myvae._checks import check_obs_key
 from myvae._exceptions import InputError
+from myvae._wording import counted
 
 __all__ = ["MAX_NUMERIC_BATCHES", "batch_code", "batch_labels", "check_batch_column", "check_batch_values"]
 
@@ -32,7 +33,7 @@ def check_batch_values(column: pd.Series, key: str) -> None:
     n_missing = int(column.isna().sum())
     if n_missing:
         raise InputError(
-            f"batch_key={key!r}: {n_missing} cells have no batch (NaN); fill them, e.g. "
+            f"batch_key={key!r}: {counted(n_missing, 'cell')} without a batch (NaN); fill them, e.g. "
             f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)`, or remove those cells."
         )
     if pd.api.types.is_numeric_dtype(column) and not isinstance(column.dtype, pd.CategoricalDtype):

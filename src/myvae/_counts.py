@@ -20,6 +20,7 @@ from scipy import sparse
 
 from myvae._checked_files import once_per_open_file
 from myvae._exceptions import InputError
+from myvae._wording import counted
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -361,7 +362,7 @@ class CountsSummary:
             )
         if self.n_empty:
             raise InputError(
-                f"{self.n_empty} cells have zero total counts in {where}; remove them first with "
+                f"{where} has {counted(self.n_empty, 'cell')} with zero total counts; remove them first with "
                 "`sc.pp.filter_cells(adata, min_counts=1)`."
             )
 

@@ -7,6 +7,7 @@ object.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -24,9 +25,11 @@ from myvae._counts import (
     raw_counts_advice,
     select_genes,
 )
+from myvae._exceptions import InputError
 
 __all__ = [
     "SETUP_KEY",
+    "bare_anndata",
     "check_setup",
     "make_setup_record",
     "model_counts",
@@ -109,7 +112,18 @@ def training_anndata(
     if batch_key is not None:
         obs[batch_key] = batch_labels(adata.obs[batch_key]) if batches is None else batches
     var = pd.DataFrame(index=adata.var_names.copy() if mask is None else adata.var_names[mask])
-    return AnnData(X=matrix, obs=obs, var=var)
+    return bare_anndata(matrix, obs, var)
+
+
+def bare_anndata(matrix: Any, obs: pd.DataFrame, var: pd.DataFrame) -> AnnData:
+    """An AnnData of the package's own, with the user's cell and gene names, without AnnData's warning about them.
+
+    Names that repeat are the user's (AnnData warned them when their object was made); a copy of them made inside a
+    call is not news, and the warning would point at the package's code.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".* names are not unique", category=UserWarning)
+        return AnnData(X=matrix, obs=obs, var=var)
 
 
 def trained_layer(adata: AnnData, key: str = "myvae") -> str | None:
@@ -123,8 +137,11 @@ def trained_layer(adata: AnnData, key: str = "myvae") -> str | None:
 def model_genes_mask(model_genes: pd.Index, genes: pd.Index) -> np.ndarray | None:
     """The boolean mask over ``genes`` that selects the model's genes, in the model's order.
 
-    ``None`` if no mask does: a model gene is missing, a name repeats, or the order differs.
+    ``None`` if no mask does: a model gene is missing, a name repeats (in a list other than the model's), or the
+    order differs.
     """
+    if genes.equals(model_genes):  # the model's own list, repeated names (if any) included
+        return np.ones(len(genes), dtype=bool)
     if not genes.is_unique:
         return None
     positions = genes.get_indexer(model_genes)
@@ -142,6 +159,13 @@ def model_counts(adata: AnnData, model_genes: pd.Index, layer: str | None) -> tu
     ones): the model's genes are selected by name. They must all be there, in the model's order.
     """
     mask = model_genes_mask(model_genes, adata.var_names)
+    if mask is None and not adata.var_names.is_unique:
+        repeated = adata.var_names[adata.var_names.duplicated()].unique()
+        raise InputError(
+            f"adata.var_names repeat {len(repeated)} names (e.g. {repeated[0]!r}), so the model's genes cannot be "
+            "found in them by name. Make them unique as they were for training (`adata.var_names_make_unique()`), "
+            "or subset the data to the model's genes."
+        )
     if mask is None:
         check_same_genes(model_genes, adata.var_names)  # raises, naming the missing or extra genes
     where = counts_location(layer)

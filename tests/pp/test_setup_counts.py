@@ -73,7 +73,7 @@ def _zero_cells(adata):
         pytest.param(_set_value(np.nan), {}, r"NaN or infinite", id="nan"),
         pytest.param(_set_value(np.inf), {}, r"NaN or infinite", id="inf"),
         pytest.param(_set_value(0.5), {}, r"non-integer values .* layer='counts'", id="fraction"),
-        pytest.param(_zero_cells, {}, r"2 cells have zero total counts .*filter_cells", id="empty-cells"),
+        pytest.param(_zero_cells, {}, r"has 2 cells with zero total counts.*filter_cells", id="empty-cells"),
         pytest.param(None, {"layer": "spliced"}, r"Layer 'spliced' does not exist", id="missing-layer"),
         pytest.param(None, {"batch_key": "sample"}, r"batch_key='sample' is not a column .* 'groups'", id="no-batch"),
     ],
@@ -109,7 +109,7 @@ def test_not_anndata_is_refused(small_adata):
 @pytest.mark.parametrize(
     ("column", "message"),
     [
-        (lambda n: np.where(np.arange(n) < 3, None, "a"), r"3 cells have no batch \(NaN\)"),
+        (lambda n: np.where(np.arange(n) < 3, None, "a"), r"3 cells without a batch \(NaN\)"),
         (lambda n: np.linspace(0, 1, n), "holds non-integer numbers"),
         (lambda n: np.arange(n), "numeric with 80 distinct values, which looks like a continuous covariate"),
     ],

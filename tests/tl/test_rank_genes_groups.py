@@ -1,6 +1,8 @@
 """mv.tl.rank_genes_groups: posterior differential expression written in scanpy's ranking format."""
 
 import random
+import warnings
+from pathlib import Path
 
 import anndata as ad
 import matplotlib
@@ -279,6 +281,22 @@ def test_key_added_names_the_entry(pbmc, model):
     )
 
 
+def test_repeated_gene_and_cell_names_as_trained_are_ranked_without_myvaes_warnings(pbmc):
+    adata = pbmc[:300].copy()
+    names = adata.var_names.to_numpy().copy()
+    names[1] = names[0]  # as after concatenating data sets without making the names unique
+    adata.var_names, adata.obs_names = names, ["cell"] * adata.n_obs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _train(adata, max_epochs=2)
+        mv.tl.rank_genes_groups(adata, GROUPBY, groups=["B"], model=model, **FAST)
+    assert sc.get.rank_genes_groups_df(adata, "B")["names"].isin([names[0]]).sum() == 2
+    assert [str(w.message) for w in caught if w.filename.startswith(str(Path(mv.__file__).parent))] == []
+    other = adata[:, ::-1].copy()  # the same names, repeated, in another order: no gene can be found by name
+    with pytest.raises(mv.InputError, match=r"repeat 1 names \(e.g. '.+'\).*var_names_make_unique"):
+        mv.tl.rank_genes_groups(other, GROUPBY, groups=["B"], model=model, **FAST)
+
+
 # ------------------------------------------------------------------ randomness ---------------------------------------
 
 
@@ -297,6 +315,27 @@ def test_same_seed_same_result_and_the_callers_random_state_is_untouched(pbmc, m
     assert torch.equal(torch.get_rng_state(), states[2])
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
+
+
+# ------------------------------------------------------------------ messages -----------------------------------------
+
+
+def test_messages_follow_scanpys_verbosity(data, model, scanpy_log):
+    """Silent at verbosity 0 (an overwrite included), the overwrite warning at 1, start and finish at info level."""
+    rank = lambda: mv.tl.rank_genes_groups(data, GROUPBY, groups=["B"], model=model, **FAST)  # noqa: E731
+    sc.settings.verbosity = 0
+    rank()
+    rank()
+    captured = scanpy_log.readouterr()
+    assert captured.out == "" and captured.err == ""
+    sc.settings.verbosity = 1
+    rank()
+    assert scanpy_log.readouterr().err == "WARNING: Overwriting adata.uns['rank_genes_groups'] with the new ranking.\n"
+    sc.settings.verbosity = 2
+    mv.tl.rank_genes_groups(data, GROUPBY, groups=["B"], model=model, key_added="de", **FAST)
+    err = scanpy_log.readouterr().err
+    assert err.startswith("ranking genes: 1 group of obs['cell_type'] against 'rest'\n")
+    assert "    finished (0:00:" in err and "): added 'de' (uns)" in err
 
 
 # ------------------------------------------------------------------ refused input -------------------------------------

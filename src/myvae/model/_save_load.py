@@ -25,6 +25,7 @@ from myvae._batches import batch_labels
 from myvae._checks import check_same_genes
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
+from myvae._setup import bare_anndata
 
 from ._backends import BACKENDS
 
@@ -140,9 +141,7 @@ def placeholder_anndata(var_names: Sequence[str], batch_key: str | None, batch_c
     obs = pd.DataFrame(index=pd.Index(["placeholder"]))
     if batch_key is not None:
         obs[batch_key] = list(batch_categories)[:1]
-    return AnnData(
-        X=np.zeros((1, len(var_names)), dtype=np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(var_names))
-    )
+    return bare_anndata(np.zeros((1, len(var_names)), dtype=np.float32), obs, pd.DataFrame(index=pd.Index(var_names)))
 
 
 def restore_model(

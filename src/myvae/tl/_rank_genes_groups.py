@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -12,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
+from myvae import _logging as logg
 from myvae._checks import (
     check_key_added,
     check_obs_key,
@@ -21,6 +20,7 @@ from myvae._checks import (
 from myvae._data import copy_data, resolve_data
 from myvae._exceptions import InputError
 from myvae._setup import model_counts, trained_layer
+from myvae._wording import counted
 from myvae.model import MyVAE
 from myvae.model._differential import (
     DEFAULT_N_SAMPLES,
@@ -33,7 +33,6 @@ from myvae.model._record import carried_model
 
 __all__ = ["rank_genes_groups"]
 
-logger = logging.getLogger(__name__)
 
 MIN_GROUP_CELLS = 2
 """Fewest cells a group (or its reference) may have: scanpy's own limit."""
@@ -124,7 +123,7 @@ def _comparisons(labels: pd.Categorical, groupby: str, selected: Sequence[str], 
 
 def _too_few_cells(side: str, group: str, groupby: str, n_cells: int) -> str:
     """The message for a comparison one of whose sides (``side``: the group, or its reference) has too few cells."""
-    cells = f"{n_cells} cell" + ("" if n_cells == 1 else "s")
+    cells = counted(n_cells, "cell")
     if side == group:
         where, fix = f"Group {group!r} of obs[{groupby!r}] has {cells}", "leave it out with groups=[...]"
     elif side == "rest":
@@ -336,7 +335,6 @@ def rank_genes_groups(
     >>> sc.get.rank_genes_groups_df(adata, "B").columns.tolist()
     ['names', 'scores', 'logfoldchanges', 'pvals', 'pvals_adj']
     """
-    start = time.perf_counter()
     adata, mdata = resolve_data(data, mod, "rank_genes_groups", copy=copy)
     check_key_added(key_added)
     _check_options(mode, delta, n_samples, fdr, batch_correction, random_state)
@@ -348,6 +346,7 @@ def rank_genes_groups(
     counts, genes = model_counts(adata, trained.adata.var_names, layer)
     batch_codes = _batch_codes(adata, trained, batch_correction)
 
+    start = logg.info(f"ranking genes: {counted(len(comparisons), 'group')} of obs[{groupby!r}] against {reference!r}")
     tables = differential_expression(
         trained.module.networks,
         counts,
@@ -386,14 +385,12 @@ def rank_genes_groups(
     if copy:
         adata, mdata = copy_data(adata, mdata, mod)
     if key_added in adata.uns:
-        logger.warning("Overwriting adata.uns[%r] with the new ranking.", key_added)
+        logg.warning(f"Overwriting adata.uns[{key_added!r}] with the new ranking.")
     adata.uns[key_added] = result
-    logger.info(
-        "Ranked genes of %d groups of obs[%r] in %.1f s; added adata.uns[%r].",
-        len(comparisons),
-        groupby,
-        time.perf_counter() - start,
-        key_added,
+    logg.info(
+        f"    finished ({{time_passed}}): added {key_added!r} (uns)",
+        time=start,
+        deep=f"added\n    {key_added!r}, ranked genes per group in scanpy's format: {', '.join(_FIELDS)} (uns)",
     )
     if copy:
         return adata if mdata is None else mdata
