@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,14 @@ from myvae._checks import check_obs_key
 from myvae._exceptions import InputError
 from myvae._wording import counted
 
-__all__ = ["MAX_NUMERIC_BATCHES", "batch_code", "batch_labels", "check_batch_column", "check_batch_values"]
+__all__ = [
+    "MAX_NUMERIC_BATCHES",
+    "batch_code",
+    "batch_labels",
+    "check_batch_column",
+    "check_batch_values",
+    "transform_batches",
+]
 
 MAX_NUMERIC_BATCHES = 50
 """A numeric ``batch_key`` column with more distinct values than this is taken for a continuous covariate."""
@@ -77,7 +86,20 @@ def batch_labels(column: pd.Series, categories: Sequence[str] | None = None) -> 
     return pd.Categorical(labels, categories=list(categories))
 
 
-def batch_code(batch: str | None, categories: Sequence[str], source: str) -> int | None:
+def transform_batches(transform_batch: Any) -> list:
+    """A ``transform_batch`` argument as a list of batches: one batch (a label, or an integer for a numeric batch
+    column, read as its label), ``None``, or a non-empty list of batches to average over.
+    """
+    if transform_batch is None or isinstance(transform_batch, str | Integral):
+        return [transform_batch]
+    if isinstance(transform_batch, list | tuple | np.ndarray | pd.Index) and len(transform_batch):
+        return list(transform_batch)
+    raise InputError(
+        f"transform_batch takes a batch, e.g. 'sample_1', or a non-empty list of batches, got {transform_batch!r}."
+    )
+
+
+def batch_code(batch: str | int | None, categories: Sequence[str], source: str) -> int | None:
     """Check a ``transform_batch`` argument and return the code of its batch (``None`` for ``None``).
 
     Parameters

@@ -14,6 +14,7 @@ from myvae._exceptions import InputError
 
 __all__ = [
     "MIN_CELLS",
+    "check_accelerator",
     "check_anndata",
     "check_key_added",
     "check_keywords",
@@ -73,6 +74,25 @@ def check_non_negative_int(value: Any, argument: str, meaning: str = "") -> None
         raise InputError(f"{argument} must be an integer of at least 0{meaning}, got {value!r}.")
 
 
+def check_accelerator(accelerator: Any) -> None:
+    """Raise an :class:`~myvae.InputError` for an accelerator that is not a name, or a GPU that torch cannot find.
+
+    Lightning's ``"gpu"`` means a CUDA or an Apple (MPS) GPU; other names (``"auto"``, ``"cpu"``, ...) are left to it.
+    """
+    if not isinstance(accelerator, str):
+        raise InputError(f"accelerator must be a name such as 'auto', 'cpu' or 'gpu', got {accelerator!r}.")
+    import torch
+
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    wanted = {"gpu": cuda or mps, "cuda": cuda, "mps": mps}.get(accelerator.lower(), True)
+    if not wanted:
+        raise InputError(
+            f"accelerator={accelerator!r} asks for a GPU, but torch finds none here (torch.cuda.is_available() is "
+            f"{cuda}, torch.backends.mps.is_available() is {mps}). Pass accelerator='auto' (the default: a GPU where "
+            "there is one, else the CPU) or 'cpu'."
+        )
+
+
 def check_positive_float(value: Any, argument: str) -> None:
     """Raise an :class:`~myvae.InputError` unless ``value`` is a finite number greater than zero."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not (0 < value < np.inf):
@@ -98,8 +118,11 @@ def check_same_genes(model_genes: Sequence[str], data_genes: Sequence[str]) -> N
         return f"{len(names)} ({shown}{', …' if len(names) > 5 else ''})"
 
     if len(missing) or len(extra):
+        differences = [
+            f"{what} {_some(names)}" for what, names in (("missing", missing), ("extra", extra)) if len(names)
+        ]
         raise InputError(
-            f"The data's genes differ from the model's: missing {_some(missing)}, extra {_some(extra)}. "
+            f"The data's genes differ from the model's: {', '.join(differences)}. "
             "Subset and order the data to the model's genes, e.g. `adata[:, model_genes]`."
         )
     raise InputError("The data have the model's genes in another order; reorder them with `adata[:, model_genes]`.")

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from helpers import assert_finite, fast_train_kwargs
 
 import myvae as mv
@@ -40,6 +41,16 @@ def test_integer_batch_numbers_are_categories(small_adata):
     mv.pp.setup_counts(small_adata, batch_key="run")
     model = mv.tl.myvae(small_adata, return_model=True, **fast_train_kwargs(max_epochs=2))
     assert model.batch_categories == ["0", "1", "2"]
+    # a batch of an integer column is named by its number as well as by its label
+    mv.tl.myvae(small_adata, model=model, layer_added="as_1", transform_batch=np.int64(1))
+    for batch in (1, "1", [1]):
+        torch.manual_seed(0)
+        as_1 = model.get_normalized_expression(transform_batch=batch, n_samples=1, return_numpy=True)
+        torch.manual_seed(0)
+        np.testing.assert_array_equal(
+            as_1, model.get_normalized_expression(transform_batch="1", n_samples=1, return_numpy=True)
+        )
+    assert small_adata.layers["as_1"].shape == small_adata.shape
 
 
 @pytest.mark.parametrize(
@@ -47,6 +58,9 @@ def test_integer_batch_numbers_are_categories(small_adata):
     [
         ({"transform_batch": "donor_a"}, "only shapes layer_added"),
         ({"transform_batch": "donor_z", "layer_added": "x"}, "is not a batch of obs\\['sample'\\]"),
+        ({"transform_batch": 1.5, "layer_added": "x"}, "transform_batch takes a batch, e.g."),
+        ({"transform_batch": [], "layer_added": "x"}, "transform_batch takes a batch, e.g."),
+        ({"transform_batch": {"donor_a"}, "layer_added": "x"}, "transform_batch takes a batch, e.g."),
     ],
 )
 def test_transform_batch_is_checked_before_training(two_batch_adata, unchanged, kwargs, message):

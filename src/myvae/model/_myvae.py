@@ -22,7 +22,7 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.train import Trainer, TrainRunner
 
-from myvae._checks import check_keywords
+from myvae._checks import check_accelerator, check_keywords
 from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
@@ -232,6 +232,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             :class:`~myvae.InputError` naming the valid ones.
         """
         check_keywords(trainer_kwargs, train_keywords(), "MyVAE.train")
+        check_accelerator(accelerator)
         check_early_stopping(early_stopping, early_stopping_patience, early_stopping_min_improvement)
         recipe = training_recipe(self.module)
         if not recipe.several_devices and several_processes(devices, trainer_kwargs.get("strategy")):

@@ -15,11 +15,10 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
-from myvae._batches import batch_code
+from myvae._batches import batch_code, transform_batches
 from myvae._checks import check_same_genes
 from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
-from myvae._exceptions import InputError
 
 from ._datamodule import batch_codes, in_memory_rows
 from ._streaming import streamed_rows
@@ -141,10 +140,7 @@ class PosteriorMixin:
         -------
         Cells × genes, ``float32``, every row summing to ``library_size``.
         """
-        batches = [transform_batch] if transform_batch is None or isinstance(transform_batch, str) else transform_batch
-        codes = [batch_code(batch, self.batch_categories, "the model") for batch in batches]
-        if not codes:
-            raise InputError("transform_batch= got an empty list; name at least one batch, or pass None.")
+        codes = [batch_code(batch, self.batch_categories, "the model") for batch in transform_batches(transform_batch)]
         per_batch = [
             self._per_cell(
                 lambda tensors, code=code: self.module.normalized_expression(

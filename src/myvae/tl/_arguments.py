@@ -19,6 +19,7 @@ from mudata import MuData
 from myvae._batches import check_batch_values
 from myvae._checks import (
     MIN_CELLS,
+    check_accelerator,
     check_key_added,
     check_keywords,
     check_positive_float,
@@ -70,8 +71,10 @@ def check_values(
     key_added: Any,
     layer_added: Any,
     transform_batch: Any,
+    accelerator: Any,
 ) -> None:
     """Refuse, with the fix, a value out of range; these checks need no data."""
+    check_accelerator(accelerator)
     check_positive_int(n_latent, "n_latent")
     check_positive_int(n_hidden, "n_hidden")
     check_positive_int(max_epochs, "max_epochs", allow_none=True)

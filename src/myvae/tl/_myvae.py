@@ -246,6 +246,7 @@ def myvae(
         key_added=key_added,
         layer_added=layer_added,
         transform_batch=transform_batch,
+        accelerator=accelerator,
     )
     adata, mdata = resolve_data(data, mod, "myvae", copy=copy)
     with preserved_random_state():  # building a model draws its initial weights

@@ -18,7 +18,7 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
-from myvae._batches import batch_code, batch_labels
+from myvae._batches import batch_code, batch_labels, transform_batches
 from myvae._exceptions import InputError
 from myvae.model import MyVAE
 from myvae.model._record import model_for_query
@@ -56,10 +56,7 @@ def model_batch_key(model: MyVAE) -> str | None:
 
 def check_transform_batch(transform_batch: str | list[str] | None, categories: list[str], source: str) -> None:
     """Check ``transform_batch`` (one batch, or a list to average over) against ``categories``."""
-    batches = [transform_batch] if transform_batch is None or isinstance(transform_batch, str) else transform_batch
-    if not isinstance(batches, list | tuple) or not batches:
-        raise InputError(f"transform_batch takes a batch or a non-empty list of batches, got {transform_batch!r}.")
-    for batch in batches:
+    for batch in transform_batches(transform_batch):
         batch_code(batch, categories, source)
 
 
