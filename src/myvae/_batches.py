@@ -87,8 +87,10 @@ def batch_labels(column: pd.Series, categories: Sequence[str] | None = None) -> 
 
 
 def transform_batches(transform_batch: Any) -> list:
-    """A ``transform_batch`` argument as a list of batches: one batch (a label, or an integer for a numeric batch
-    column, read as its label), ``None``, or a non-empty list of batches to average over.
+    """A ``transform_batch`` argument as a list of batches.
+
+    It takes one batch (a label, or an integer for a numeric batch column, read as its label), ``None``, or a
+    non-empty list of batches to average over.
     """
     if transform_batch is None or isinstance(transform_batch, str | Integral):
         return [transform_batch]
