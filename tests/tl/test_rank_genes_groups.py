@@ -175,6 +175,46 @@ def test_scanpy_getters_and_plots_run_on_the_result(ranked):
     plt.close("all")
 
 
+def _expressing(adata: ad.AnnData, cells: np.ndarray) -> np.ndarray:
+    """The fraction of ``cells`` with a non-zero count of each gene, from the dense counts."""
+    return (sparse.csr_matrix(adata.X).toarray()[cells] > 0).mean(axis=0)
+
+
+def test_pts_are_the_fractions_of_expressing_cells_as_scanpy_writes_them(pbmc, model, tmp_path):
+    adata = pbmc.copy()
+    mv.tl.rank_genes_groups(adata, GROUPBY, groups=["B", "NK"], model=model, pts=True, **FAST)
+    result, in_b = adata.uns["rank_genes_groups"], (adata.obs[GROUPBY] == "B").to_numpy()
+    assert list(result["pts"].columns) == ["B", "NK"] and list(result["pts_rest"].columns) == ["B", "NK"]
+    assert result["pts"].index.equals(adata.var_names)
+    np.testing.assert_allclose(result["pts"]["B"], _expressing(adata, in_b))
+    np.testing.assert_allclose(result["pts_rest"]["B"], _expressing(adata, ~in_b))  # cells of no type included
+    table = sc.get.rank_genes_groups_df(adata, "B")
+    assert list(table.columns) == [*SCANPY_FIELDS, "pct_nz_group", "pct_nz_reference"] and len(table) == adata.n_vars
+    ms4a1 = table.set_index("names").loc["MS4A1"]
+    assert ms4a1["pct_nz_group"] > 0.8 > 0.2 > ms4a1["pct_nz_reference"]  # the B cell marker
+    adata.write_h5ad(tmp_path / "with_pts.h5ad")
+    pd.testing.assert_frame_equal(
+        ad.read_h5ad(tmp_path / "with_pts.h5ad").uns["rank_genes_groups"]["pts"], result["pts"]
+    )
+    sc.tl.filter_rank_genes_groups(adata, min_in_group_fraction=0.5, min_fold_change=1)  # reads pts and pts_rest
+    kept = pd.DataFrame(adata.uns["rank_genes_groups_filtered"]["names"])["B"].dropna()
+    assert "MS4A1" in set(kept) and (result["pts"]["B"][kept] >= 0.5).all()
+    # against a group: that group's fractions are a column too, and there is no rest
+    mv.tl.rank_genes_groups(adata, GROUPBY, groups=["B"], reference="NK", model=model, pts=True, **FAST)
+    result = adata.uns["rank_genes_groups"]
+    assert list(result["pts"].columns) == ["B", "NK"] and "pts_rest" not in result
+    np.testing.assert_allclose(result["pts"]["NK"], _expressing(adata, (adata.obs[GROUPBY] == "NK").to_numpy()))
+
+
+def test_n_genes_keeps_the_top_of_each_ranking(ranked, pbmc, model):
+    adata = pbmc.copy()
+    mv.tl.rank_genes_groups(adata, GROUPBY, model=model, n_genes=7, **FAST)
+    for field in SCANPY_FIELDS:
+        for group in ("B", "NK"):
+            np.testing.assert_array_equal(_group(adata, field, group), _group(ranked, field, group)[:7])
+    assert len(sc.get.rank_genes_groups_df(adata, "B")) == 7
+
+
 def test_round_trip_through_h5ad(ranked, tmp_path):
     ranked.write_h5ad(tmp_path / "ranked.h5ad")
     back = ad.read_h5ad(tmp_path / "ranked.h5ad")
@@ -256,12 +296,16 @@ def test_mudata_with_mod_writes_into_the_modality(pbmc, model):
 def test_backed_h5ad_gives_the_in_memory_result(pbmc, model, tmp_path):
     pbmc.write_h5ad(tmp_path / "pbmc.h5ad")
     backed = ad.read_h5ad(tmp_path / "pbmc.h5ad", backed="r")
-    mv.tl.rank_genes_groups(backed, GROUPBY, groups=["B", "NK"], model=model, **FAST)
+    mv.tl.rank_genes_groups(backed, GROUPBY, groups=["B", "NK"], model=model, pts=True, **FAST)
     in_memory = pbmc.copy()
-    mv.tl.rank_genes_groups(in_memory, GROUPBY, groups=["B", "NK"], model=model, **FAST)
+    mv.tl.rank_genes_groups(in_memory, GROUPBY, groups=["B", "NK"], model=model, pts=True, **FAST)
     for field in ("names", "scores", "logfoldchanges", "pvals_adj"):
         for group in ("B", "NK"):
             np.testing.assert_array_equal(_group(backed, field, group), _group(in_memory, field, group))
+    for fractions in ("pts", "pts_rest"):  # read from disk a chunk of cells at a time
+        pd.testing.assert_frame_equal(
+            backed.uns["rank_genes_groups"][fractions], in_memory.uns["rank_genes_groups"][fractions]
+        )
     backed.file.close()
 
 
@@ -371,6 +415,8 @@ def _one_cell_group(adata):
         (None, {"batch_correction": "yes"}, "batch_correction must be"),
         (None, {"batch_correction": True}, "needs a model trained with batches"),
         (None, {"key_added": ""}, "key_added must be"),
+        (None, {"n_genes": 0}, "n_genes must be a positive integer"),
+        (None, {"pts": "yes"}, "pts must be True or False"),
         (None, {"model": "my_model"}, "model= takes a trained MyVAE"),
         (None, {"mod": "rna"}, "applies to a MuData"),
     ],

@@ -17,6 +17,7 @@ from myvae._checks import (
     check_positive_float,
     check_positive_int,
 )
+from myvae._counts import get_counts_matrix
 from myvae._data import copy_data, resolve_data
 from myvae._exceptions import InputError
 from myvae._setup import model_counts, trained_layer
@@ -30,6 +31,8 @@ from myvae.model._differential import (
     ranking,
 )
 from myvae.model._record import carried_model
+
+from ._expressing import expressing_fractions
 
 __all__ = ["rank_genes_groups"]
 
@@ -213,6 +216,8 @@ def rank_genes_groups(
     *,
     groups: Literal["all"] | Iterable[str] = "all",
     reference: str = "rest",
+    n_genes: int | None = None,
+    pts: bool = False,
     mode: Literal["change", "vanilla"] = "change",
     delta: float = 0.25,
     batch_correction: bool = False,
@@ -253,6 +258,13 @@ def rank_genes_groups(
     reference
         ``"rest"`` compares each group with every other cell (as scanpy does, cells without a group included);
         a group's name compares with that group.
+    n_genes
+        The number of genes in the record arrays, the top of each group's ranking; ``None`` keeps every gene.
+    pts
+        Also write the fraction of cells with a non-zero count of each gene (every gene of ``adata``), per group
+        (``pts``, with the reference group as a column when ``reference`` is one) and, against ``"rest"``, among the
+        cells outside each group (``pts_rest``), as scanpy does: :func:`scanpy.get.rank_genes_groups_df` then adds
+        ``pct_nz_group`` and ``pct_nz_reference``, and :func:`scanpy.tl.filter_rank_genes_groups` reads them.
     mode
         ``"change"`` (the posterior of the log fold change, with the threshold ``delta``) or ``"vanilla"``
         (the probability that the group's expression is higher).
@@ -317,6 +329,8 @@ def rank_genes_groups(
         Posterior median and standard deviation of the log2 fold change.
     ``is_de_fdr``
         Whether the gene is called DE at the target ``fdr``.
+    ``pts``, ``pts_rest``
+        With ``pts=True``: data frames, genes × groups, of the fraction of cells with a non-zero count.
     ``params``
         ``groupby``, ``reference``, ``method`` (``"myvae"``), ``use_raw`` (``False``), ``layer`` (the counts
         read), ``corr_method`` (``"posterior expected FDR"``), as scanpy records them, and ``mode``, ``delta``,
@@ -338,6 +352,9 @@ def rank_genes_groups(
     adata, mdata = resolve_data(data, mod, "rank_genes_groups", copy=copy)
     check_key_added(key_added)
     _check_options(mode, delta, n_samples, fdr, batch_correction, random_state)
+    check_positive_int(n_genes, "n_genes", allow_none=True)
+    if not isinstance(pts, bool | np.bool_):
+        raise InputError(f"pts must be True or False, got {pts!r}.")
     labels = _group_labels(adata, groupby)
     selected = _selected_groups(labels, groupby, groups, reference)
     comparisons = _comparisons(labels, groupby, selected, reference)
@@ -362,7 +379,7 @@ def rank_genes_groups(
     )
     if len(genes) < adata.n_vars:
         tables = {group: _with_every_gene(table, adata.var_names) for group, table in tables.items()}
-    orders = {group: ranking(table) for group, table in tables.items()}
+    orders = {group: ranking(table)[:n_genes] for group, table in tables.items()}
     result = {
         "params": {
             "groupby": groupby,
@@ -381,6 +398,13 @@ def rank_genes_groups(
         },
         **{field: _records(tables, field, orders) for field in _FIELDS},
     }
+    if pts:
+        columns = selected if reference == "rest" else [*selected, reference]
+        counts_of_all_genes = get_counts_matrix(adata, layer)
+        cells_labels = np.asarray(labels.astype(object))
+        result |= expressing_fractions(
+            counts_of_all_genes, cells_labels, columns, adata.var_names, with_rest=reference == "rest"
+        )
 
     if copy:
         adata, mdata = copy_data(adata, mdata, mod)
