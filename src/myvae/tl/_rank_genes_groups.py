@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from mudata import MuData
 from myvae import _logging as logg
 from myvae._checks import (
     check_key_added,
+    check_keywords,
     check_obs_key,
     check_positive_float,
     check_positive_int,
@@ -140,6 +142,31 @@ def _too_few_cells(side: str, group: str, groupby: str, n_cells: int) -> str:
     )
 
 
+_SCANPY_ONLY = {
+    "method": "the ranking is Bayesian differential expression from the model, not a test to choose; "
+    "mode='change' (the default) or mode='vanilla' choose what is asked of the posterior, and scanpy's tests stay "
+    "with sc.tl.rank_genes_groups",
+    "corr_method": "pvals_adj is the posterior expected false discovery rate, which needs no correction for "
+    "multiple testing; set its target with fdr=",
+    "use_raw": "the model reads raw counts from layer= (by default the layer it was trained on), never adata.raw",
+    "tie_correct": "there are no ranks to correct for ties: the ranking is by the posterior mean log fold change",
+    "rankby_abs": "genes up in the group come first and genes down in it last, as scanpy ranks them by default",
+    "mask_var": "the model's genes are ranked, the genes it was trained on (mask_var= of tl.myvae)",
+}
+"""Keywords of :func:`scanpy.tl.rank_genes_groups` that do not apply here, with the reason."""
+
+
+def _refuse_scanpy_keywords(keywords: dict[str, Any]) -> None:
+    """Refuse keywords outside the signature: scanpy's own with the reason, any other with the closest valid one."""
+    for key in keywords:
+        if key in _SCANPY_ONLY:
+            raise InputError(f"tl.rank_genes_groups takes no {key}=: {_SCANPY_ONLY[key]}.")
+    parameters = inspect.signature(rank_genes_groups).parameters
+    check_keywords(
+        keywords, [name for name in parameters if name not in ("data", "scanpy_keywords")], "tl.rank_genes_groups"
+    )
+
+
 def _check_options(mode: Any, delta: Any, n_samples: Any, fdr: Any, batch_correction: Any, random_state: Any) -> None:
     if mode not in ("change", "vanilla"):
         raise InputError(f"mode must be 'change' or 'vanilla', got {mode!r}.")
@@ -229,6 +256,7 @@ def rank_genes_groups(
     mod: str | None = None,
     layer: str | None = None,
     copy: bool = False,
+    **scanpy_keywords: Any,
 ) -> AnnData | MuData | None:
     r"""Rank genes for characterising groups by Bayesian differential expression from the model's posterior.
 
@@ -296,6 +324,10 @@ def rank_genes_groups(
         genes are ranked.
     copy
         Return a copy instead of writing to ``data``.
+    **scanpy_keywords
+        None are taken: those of :func:`scanpy.tl.rank_genes_groups` that do not apply to a ranking from the model
+        (``method``, ``corr_method``, ``use_raw``, ``tie_correct``, ``rankby_abs``, ``mask_var``) are refused with the
+        reason and what to use instead, any other with the closest valid keyword.
 
     Returns
     -------
@@ -349,6 +381,7 @@ def rank_genes_groups(
     >>> sc.get.rank_genes_groups_df(adata, "B").columns.tolist()
     ['names', 'scores', 'logfoldchanges', 'pvals', 'pvals_adj']
     """
+    _refuse_scanpy_keywords(scanpy_keywords)
     adata, mdata = resolve_data(data, mod, "rank_genes_groups", copy=copy)
     check_key_added(key_added)
     _check_options(mode, delta, n_samples, fdr, batch_correction, random_state)
