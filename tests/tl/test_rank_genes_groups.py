@@ -293,6 +293,25 @@ def test_mudata_with_mod_writes_into_the_modality(pbmc, model):
     np.testing.assert_array_equal(_group(mdata["rna"], "names", "B"), _group(alone, "names", "B"))
 
 
+def test_in_a_mudata_groups_and_batches_may_be_columns_of_the_mudatas_obs(pbmc):
+    mdata = md.MuData({"rna": pbmc[:300].copy()})
+    mdata.obs["sample"] = np.where(np.arange(mdata.n_obs) % 2, "a", "b")  # a global column, as muon users keep
+    mdata.obs["clusters"] = mdata["rna"].obs[GROUPBY].astype(str).to_numpy()  # e.g. leiden on a joint embedding
+    model = mv.tl.myvae(mdata, mod="rna", batch_key="sample", max_epochs=2, progress=False, return_model=True)
+    mdata.update()  # the modality's columns become "rna:cell_type" in mdata.obs
+    runs = {}
+    for groupby in ("clusters", f"rna:{GROUPBY}", GROUPBY):
+        mv.tl.rank_genes_groups(mdata, groupby, mod="rna", groups=["B"], batch_correction=True, model=model, **FAST)
+        runs[groupby] = sc.get.rank_genes_groups_df(mdata["rna"], "B")
+    for table in runs.values():
+        pd.testing.assert_frame_equal(table, runs[GROUPBY])
+    with pytest.raises(mv.InputError, match=r"groupby='nope' is not a column of mdata\['rna'\].obs or mdata.obs"):
+        mv.tl.rank_genes_groups(mdata, "nope", mod="rna", model=model, **FAST)
+    del mdata.obs["sample"]
+    with pytest.raises(mv.InputError, match=r"trained with batches from obs\['sample'\].*add the cells' batches"):
+        mv.tl.rank_genes_groups(mdata, "clusters", mod="rna", model=model, **FAST)
+
+
 def test_backed_h5ad_gives_the_in_memory_result(pbmc, model, tmp_path):
     pbmc.write_h5ad(tmp_path / "pbmc.h5ad")
     backed = ad.read_h5ad(tmp_path / "pbmc.h5ad", backed="r")

@@ -12,10 +12,10 @@ from anndata import AnnData
 from mudata import MuData
 
 from myvae import _logging as logg
+from myvae._batches import batch_labels, check_batch_values
 from myvae._checks import (
     check_key_added,
     check_keywords,
-    check_obs_key,
     check_positive_float,
     check_positive_int,
 )
@@ -34,6 +34,7 @@ from myvae.model._differential import (
 )
 from myvae.model._record import carried_model
 
+from ._arguments import obs_column, obs_columns_listing
 from ._expressing import expressing_fractions
 
 __all__ = ["rank_genes_groups"]
@@ -70,12 +71,17 @@ _COLUMNS = {
 """Where each field's values come from in the table of :func:`~myvae.model._differential.differential_expression`."""
 
 
-def _group_labels(adata: AnnData, groupby: Any) -> pd.Categorical:
-    """``obs[groupby]`` as categories named by strings (in the column's category order, sorted otherwise)."""
+def _group_labels(adata: AnnData, mdata: MuData | None, mod: str | None, groupby: Any) -> pd.Categorical:
+    """``obs[groupby]`` as categories named by strings (in the column's category order, sorted otherwise).
+
+    For a MuData's modality the column may also be one of ``mdata.obs`` (see ``obs_column``).
+    """
     if not isinstance(groupby, str):
         raise InputError(f"groupby must name a column of adata.obs, got {groupby!r}.")
-    check_obs_key(adata, groupby, "groupby")
-    column = adata.obs[groupby]
+    column = obs_column(adata, mdata, mod, groupby)
+    if column is None:
+        where, listed = obs_columns_listing(adata, mdata, mod)
+        raise InputError(f"groupby={groupby!r} is not a column of {where} (columns: {listed}).")
     if pd.api.types.is_float_dtype(column) and not isinstance(column.dtype, pd.CategoricalDtype):
         raise InputError(
             f"groupby={groupby!r} holds floating-point numbers, not groups; pass a column of labels such as "
@@ -191,7 +197,9 @@ def _trained_model(adata: AnnData, model: Any) -> MyVAE:
     return model
 
 
-def _batch_codes(adata: AnnData, model: MyVAE, batch_correction: bool) -> np.ndarray | None:
+def _batch_codes(
+    adata: AnnData, mdata: MuData | None, mod: str | None, model: MyVAE, batch_correction: bool
+) -> np.ndarray | None:
     """Each cell's batch code in the model's batches (``None`` for a model without batches)."""
     if model.n_batch == 1:
         if batch_correction:
@@ -201,16 +209,15 @@ def _batch_codes(adata: AnnData, model: MyVAE, batch_correction: bool) -> np.nda
             )
         return None
     batch_key = model.adata_manager.registry["setup_args"]["batch_key"]
-    if batch_key not in adata.obs.columns:
-        raise InputError(f"The model was trained with batches from obs[{batch_key!r}]; the data have no such column.")
-    labels = adata.obs[batch_key].astype(str)
-    unknown = sorted(set(labels) - set(model.batch_categories))
-    if unknown:
+    column = obs_column(adata, mdata, mod, batch_key)
+    if column is None:
+        where, listed = obs_columns_listing(adata, mdata, mod)
         raise InputError(
-            f"obs[{batch_key!r}] holds batches the model was not trained on ({', '.join(unknown)}); the model knows "
-            f"{model.batch_categories}."
+            f"The model was trained with batches from obs[{batch_key!r}], and {where} has no such column (columns: "
+            f"{listed}); add the cells' batches under that name."
         )
-    return pd.Categorical(labels, categories=model.batch_categories).codes.astype(np.int64)
+    check_batch_values(column, batch_key)
+    return batch_labels(column, model.batch_categories).codes.astype(np.int64)
 
 
 def _records(tables: dict[str, pd.DataFrame], field: str, orders: dict[str, np.ndarray]) -> np.recarray:
@@ -388,13 +395,13 @@ def rank_genes_groups(
     check_positive_int(n_genes, "n_genes", allow_none=True)
     if not isinstance(pts, bool | np.bool_):
         raise InputError(f"pts must be True or False, got {pts!r}.")
-    labels = _group_labels(adata, groupby)
+    labels = _group_labels(adata, mdata, mod, groupby)
     selected = _selected_groups(labels, groupby, groups, reference)
     comparisons = _comparisons(labels, groupby, selected, reference)
     trained = _trained_model(adata, model)
     layer = trained_layer(adata) if layer is None else layer
     counts, genes = model_counts(adata, trained.adata.var_names, layer)
-    batch_codes = _batch_codes(adata, trained, batch_correction)
+    batch_codes = _batch_codes(adata, mdata, mod, trained, batch_correction)
 
     start = logg.info(f"ranking genes: {counted(len(comparisons), 'group')} of obs[{groupby!r}] against {reference!r}")
     tables = differential_expression(
