@@ -478,6 +478,18 @@ def test_without_model_and_without_a_stored_model_asks_for_one(data, unchanged):
         mv.tl.rank_genes_groups(data, GROUPBY, **FAST)
 
 
+def test_without_model_the_one_stored_model_is_used_whatever_its_key(data, unchanged):
+    mv.tl.myvae(data, key_added="vae", max_epochs=2, batch_size=128, progress=False)
+    mv.tl.rank_genes_groups(data, GROUPBY, groups=["B"], **FAST)
+    expected = data.copy()
+    mv.tl.rank_genes_groups(expected, GROUPBY, groups=["B"], model=mv.MyVAE.from_anndata(data, key="vae"), **FAST)
+    pd.testing.assert_frame_equal(sc.get.rank_genes_groups_df(data, "B"), sc.get.rank_genes_groups_df(expected, "B"))
+    mv.tl.myvae(data, key_added="vae_pyro", backend="pyro", max_epochs=2, batch_size=128, progress=False)
+    match = r"several models \(uns\['vae'\], uns\['vae_pyro'\]\); choose one with model=mv.MyVAE.from_anndata"
+    with unchanged(data), pytest.raises(mv.InputError, match=match):
+        mv.tl.rank_genes_groups(data, GROUPBY, **FAST)
+
+
 def test_without_model_the_model_the_anndata_carries_is_used(pbmc, tmp_path):
     adata = pbmc.copy()
     model = mv.tl.myvae(adata, max_epochs=2, progress=False, return_model=True)

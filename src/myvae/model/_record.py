@@ -153,11 +153,13 @@ def model_from_anndata(
     return _attach(payload, adata, accelerator=accelerator, device=device, layer=trained_layer(adata, key), mask=mask)
 
 
-def carried_model(adata: AnnData, key: str, func: str) -> MyVAE:
-    """The model ``adata.uns[key]["model"]`` holds, on a placeholder with its genes.
+def carried_model(adata: AnnData, func: str) -> MyVAE:
+    """The model the one ``adata.uns[key]["model"]`` holds, whatever ``key`` (the ``key_added`` of its training).
 
-    For a caller that reads the counts itself; ``func`` names it in the errors.
+    It is attached to a placeholder with its genes, for a caller that reads the counts itself; ``func`` names it in
+    the errors. Several models are an :class:`~myvae.InputError` that asks to choose one.
     """
+    key = _carrying_key(adata, func)
     return _attach(_checked(_carried_record(adata, key, func)), None, accelerator="auto", device="auto")
 
 
@@ -169,7 +171,7 @@ def model_for_query(model: Any, *, accelerator: str) -> MyVAE:
     ``model=mv.MyVAE.from_anndata(carrier, key=...)``.
     """
     if isinstance(model, AnnData | MuData):
-        payload = _checked(_carried_record(model, _carrying_key(model), "tl.myvae(model=...)"))
+        payload = _checked(_carried_record(model, _carrying_key(model, "tl.myvae(model=...)"), "tl.myvae(model=...)"))
     else:
         payload = read_model_file(model)
         _check_registered(payload["init_params"]["backend"])
@@ -183,7 +185,7 @@ def model_source(model: Any) -> str:
     if isinstance(model, MyVAE):
         return "MyVAE object"
     if isinstance(model, AnnData):
-        return f"AnnData uns[{_carrying_key(model)!r}]['model']"
+        return f"AnnData uns[{_carrying_key(model, 'tl.myvae(model=...)')!r}]['model']"
     return str(model)
 
 
@@ -198,8 +200,9 @@ def _carried_record(carrier: Any, key: str, func: str) -> Any:
         raise InputError(f"{func} takes an AnnData that carries a model, got {type(carrier).__name__}.")
     if key not in carrier.uns:
         raise InputError(
-            f"{func}: adata.uns has no {key!r}, so the AnnData carries no model there; name the key_added the model "
-            "was trained with, or train one with mv.tl.myvae(adata) (store_model=True, the default)."
+            f"{func}: adata.uns has no {key!r}, so the AnnData carries no model there; train one with "
+            "mv.tl.myvae(adata) (store_model=True, the default), or, for a model trained with another key_added, "
+            "name that key: mv.MyVAE.from_anndata(adata, key=...)."
         )
     entry = carrier.uns[key]
     if not isinstance(entry, Mapping) or "model" not in entry:
@@ -210,13 +213,13 @@ def _carried_record(carrier: Any, key: str, func: str) -> Any:
     return entry["model"]
 
 
-def _carrying_key(carrier: Any) -> str:
-    """The key of the one ``uns`` entry of ``carrier`` that holds a model."""
+def _carrying_key(carrier: Any, func: str) -> str:
+    """The key of the one ``uns`` entry of ``carrier`` that holds a model (``"myvae"`` if none does)."""
     uns = carrier.uns if isinstance(carrier, AnnData) else {}
     keys = [key for key, entry in uns.items() if isinstance(entry, Mapping) and "model" in entry]
     if len(keys) > 1:
         raise InputError(
-            f"model= got an AnnData that carries several models ({', '.join(f'uns[{key!r}]' for key in keys)}); "
+            f"{func}: the AnnData carries several models ({', '.join(f'uns[{key!r}]' for key in keys)}); "
             f"choose one with model=mv.MyVAE.from_anndata(adata, key={keys[0]!r})."
         )
     return keys[0] if keys else "myvae"

@@ -42,8 +42,6 @@ __all__ = ["rank_genes_groups"]
 
 MIN_GROUP_CELLS = 2
 """Fewest cells a group (or its reference) may have: scanpy's own limit."""
-MODEL_KEY = "myvae"
-"""The ``uns`` entry of :func:`myvae.tl.myvae` that carries the model when ``model=`` is left out."""
 _FIELDS = {
     # scanpy's fields, with scanpy's dtypes
     "names": "O",
@@ -189,9 +187,9 @@ def _check_options(mode: Any, delta: Any, n_samples: Any, fdr: Any, batch_correc
 def _trained_model(adata: AnnData, model: Any) -> MyVAE:
     """The model to query: the one given, or the one ``tl.myvae`` stored in ``adata.uns["myvae"]``."""
     if model is None:  # the counts are read below (model_counts): the model needs only its genes
-        return carried_model(adata, MODEL_KEY, "tl.rank_genes_groups")
+        return carried_model(adata, "tl.rank_genes_groups")
     if not isinstance(model, MyVAE):
-        raise InputError(f"model= takes a trained MyVAE (or None to use adata.uns[{MODEL_KEY!r}]); got {model!r}.")
+        raise InputError(f"model= takes a trained MyVAE (or None for the model adata.uns carries); got {model!r}.")
     if not model.is_trained:
         raise InputError("model= got an untrained MyVAE; train it first, e.g. with mv.tl.myvae(adata).")
     return model
@@ -318,7 +316,8 @@ def rank_genes_groups(
         The ``uns`` entry to write.
     model
         The trained :class:`~myvae.MyVAE`; ``None`` uses the model that :func:`myvae.tl.myvae` stored in
-        ``adata.uns["myvae"]``.
+        ``adata.uns[key_added]`` (``"myvae"`` by default; whatever its ``key_added``, if only one is stored, else
+        choose with ``model=mv.MyVAE.from_anndata(adata, key=...)``).
     random_state
         Seed of every random draw; the same seed gives the same result, and the caller's random state is left as
         it was.
