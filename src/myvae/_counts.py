@@ -362,7 +362,7 @@ class CountsSummary:
             )
         if self.n_empty:
             raise InputError(
-                f"{where} has {counted(self.n_empty, 'cell')} with zero total counts; remove them first with "
+                f"{where} has {counted(self.n_empty, 'cell')} with zero total counts; remove such cells first with "
                 "`sc.pp.filter_cells(adata, min_counts=1)`."
             )
 

@@ -293,6 +293,24 @@ def test_mudata_with_mod_writes_into_the_modality(pbmc, model):
     np.testing.assert_array_equal(_group(mdata["rna"], "names", "B"), _group(alone, "names", "B"))
 
 
+def test_numbers_as_groups_are_ranked_with_a_warning_for_scanpys_plots(pbmc, model, scanpy_log):
+    codes = pbmc.obs[GROUPBY].cat.codes.to_numpy()
+    kept = np.isin(codes, [0, 1])
+    adata = pbmc[kept].copy()
+    labels = {"numbers": codes[kept], "number categories": pd.Categorical(codes[kept])}
+    labels["labels"] = pd.Categorical(codes[kept].astype(str))
+    tables = {}
+    for kind, column in labels.items():
+        adata.obs["cluster"] = column
+        sc.settings.verbosity = 1
+        mv.tl.rank_genes_groups(adata, "cluster", groups=["1"], model=model, **FAST)
+        warned = "obs['cluster'] holds numbers" in scanpy_log.readouterr().err
+        assert warned == (kind != "labels"), kind
+        tables[kind] = sc.get.rank_genes_groups_df(adata, "1")
+    for table in tables.values():
+        pd.testing.assert_frame_equal(table, tables["labels"])
+
+
 def test_in_a_mudata_groups_and_batches_may_be_columns_of_the_mudatas_obs(pbmc):
     mdata = md.MuData({"rna": pbmc[:300].copy()})
     mdata.obs["sample"] = np.where(np.arange(mdata.n_obs) % 2, "a", "b")  # a global column, as muon users keep

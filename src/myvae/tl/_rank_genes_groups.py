@@ -85,6 +85,13 @@ def _group_labels(adata: AnnData, mdata: MuData | None, mod: str | None, groupby
             f"groupby={groupby!r} holds floating-point numbers, not groups; pass a column of labels such as "
             "clusters (e.g. 'leiden') or cell types, or convert it with `.astype('category')` if these are labels."
         )
+    categories = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else None
+    if pd.api.types.is_numeric_dtype(categories if categories is not None else column):
+        logg.warning(
+            f"obs[{groupby!r}] holds numbers; they are ranked as groups, but scanpy's plots of the ranking (e.g. "
+            "sc.pl.rank_genes_groups_dotplot) cut numbers into ranges or fail on them. Make them labels first: "
+            f"`adata.obs[{groupby!r}] = adata.obs[{groupby!r}].astype(str).astype('category')`."
+        )
     categorical = pd.Categorical(column)
     return pd.Categorical.from_codes(categorical.codes, categories=[str(c) for c in categorical.categories])
 
