@@ -334,11 +334,17 @@ class CountsSummary:
         """Whether every value is a finite, non-negative whole number (cells without counts aside)."""
         return not (self.n_not_finite or self.minimum < 0 or self.non_integer)
 
-    def raise_for_problems(self, where: str, counts_elsewhere: Callable[[], str | None] | None = None) -> None:
+    def raise_for_problems(
+        self,
+        where: str,
+        counts_elsewhere: Callable[[], str | None] | None = None,
+        empty_cells_fix: str | None = None,
+    ) -> None:
         """Raise an :class:`~myvae.InputError` naming the first problem and its fix, if the summary shows one.
 
         ``counts_elsewhere``, called only when the values look normalised, may name where the raw counts are and
-        how to use them; the generic advice is given otherwise.
+        how to use them; the generic advice is given otherwise. ``empty_cells_fix`` replaces the advice for cells
+        without counts (``sc.pp.filter_cells``, which counts every gene).
         """
         if self.n_not_finite:
             raise InputError(
@@ -362,8 +368,8 @@ class CountsSummary:
             )
         if self.n_empty:
             raise InputError(
-                f"{where} has {counted(self.n_empty, 'cell')} with zero total counts; remove such cells first with "
-                "`sc.pp.filter_cells(adata, min_counts=1)`."
+                f"{where} has {counted(self.n_empty, 'cell')} with zero total counts; remove such cells first "
+                + (empty_cells_fix or "with `sc.pp.filter_cells(adata, min_counts=1)`.")
             )
 
 
@@ -392,7 +398,13 @@ def _summary_in_chunks(matrix: Any, where: str, chunk_size: int) -> CountsSummar
     return summary
 
 
-def check_counts(matrix: Any, where: str, *, counts_elsewhere: Callable[[], str | None] | None = None) -> None:
+def check_counts(
+    matrix: Any,
+    where: str,
+    *,
+    counts_elsewhere: Callable[[], str | None] | None = None,
+    empty_cells_fix: str | None = None,
+) -> None:
     """Check that ``matrix`` holds raw counts: finite, non-negative integers, and no cell without counts.
 
     A matrix on disk or computed lazily (:func:`is_out_of_core`) is checked a chunk of rows at a time
@@ -406,8 +418,10 @@ def check_counts(matrix: Any, where: str, *, counts_elsewhere: Callable[[], str 
         How the user names the matrix (``"adata.X"``, ``"adata.layers['counts']"``), for the messages.
     counts_elsewhere
         Called only if the values look normalised: the advice naming where the raw counts are, or ``None``.
+    empty_cells_fix
+        How to remove cells without counts, where ``sc.pp.filter_cells`` would not (a subset of the genes).
     """
-    summarise_counts(matrix, where).raise_for_problems(where, counts_elsewhere)
+    summarise_counts(matrix, where).raise_for_problems(where, counts_elsewhere, empty_cells_fix)
 
 
 def check_counts_in_chunks(matrix: Any, where: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:

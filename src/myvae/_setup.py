@@ -70,10 +70,15 @@ def check_setup(adata: AnnData, layer: str | None, batch_key: str | None, mask: 
     counts = select_genes(get_counts_matrix(adata, layer), mask)
     if batch_key is not None:
         check_batch_column(adata, batch_key)
-    where = counts_location(layer)
+    where, empty_cells_fix = counts_location(layer), None
     if mask is not None and not mask.all():
         where += f" (its {int(mask.sum())} genes of mask_var)"
-    check_counts(counts, where, counts_elsewhere=lambda: raw_counts_advice(adata))
+        matrix = "X" if layer is None else f"layers[{layer!r}]"
+        empty_cells_fix = (
+            "(they have counts only in other genes, so `sc.pp.filter_cells` keeps them), e.g. with `genes` the genes "
+            f"of mask_var: `adata = adata[np.asarray(adata[:, genes].{matrix}.sum(axis=1)).ravel() > 0].copy()`."
+        )
+    check_counts(counts, where, counts_elsewhere=lambda: raw_counts_advice(adata), empty_cells_fix=empty_cells_fix)
 
 
 def training_anndata(

@@ -128,6 +128,21 @@ def test_counts_are_checked_on_the_masked_genes(small_adata, unchanged):
         mv.tl.myvae(small_adata, **fast_train_kwargs())
 
 
+def test_the_advice_for_cells_without_counts_in_the_masked_genes_removes_them(small_adata, unchanged):
+    expressing = np.asarray((small_adata.X > 0).sum(axis=0)).ravel()
+    small_adata.var["highly_variable"] = expressing == expressing.max()  # the most common gene; some cells lack it
+    in_genes = np.asarray(small_adata[:, small_adata.var["highly_variable"]].X.sum(axis=1)).ravel()
+    assert 10 < (in_genes > 0).sum() < small_adata.n_obs
+    small_adata.layers["counts"] = small_adata.X.copy()
+    with unchanged(small_adata), pytest.raises(mv.InputError, match=r"filter_cells` keeps them") as error:
+        mv.tl.myvae(small_adata, layer="counts", **fast_train_kwargs())
+    advice = str(error.value).split("`adata = ")[1].removesuffix("`.")
+    fixed = eval(advice, {"np": np, "adata": small_adata, "genes": small_adata.var["highly_variable"]})
+    assert 10 < fixed.n_obs < small_adata.n_obs
+    mv.tl.myvae(fixed, layer="counts", **fast_train_kwargs(max_epochs=1))
+    assert fixed.obsm["X_myvae"].shape == (fixed.n_obs, 10)
+
+
 @pytest.mark.parametrize("backend", ["torch", "pyro"])
 @pytest.mark.parametrize(
     ("keyword", "suggestion"),
