@@ -303,7 +303,7 @@ def test_numbers_as_groups_are_ranked_with_a_warning_for_scanpys_plots(pbmc, mod
     for kind, column in labels.items():
         adata.obs["cluster"] = column
         sc.settings.verbosity = 1
-        mv.tl.rank_genes_groups(adata, "cluster", groups=["1"], model=model, **FAST)
+        mv.tl.rank_genes_groups(adata, "cluster", groups=[1], reference=0, model=model, **FAST)
         warned = "obs['cluster'] holds numbers" in scanpy_log.readouterr().err
         assert warned == (kind != "labels"), kind
         tables[kind] = sc.get.rank_genes_groups_df(adata, "1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Sequence
+from numbers import Integral
 from typing import Any, Literal
 
 import numpy as np
@@ -401,6 +402,8 @@ def rank_genes_groups(
     check_positive_int(n_genes, "n_genes", allow_none=True)
     if not isinstance(pts, bool | np.bool_):
         raise InputError(f"pts must be True or False, got {pts!r}.")
+    if isinstance(reference, Integral) and not isinstance(reference, bool):
+        reference = str(reference)  # a group of a column of numbers, named by its number (as groups= may be)
     labels = _group_labels(adata, mdata, mod, groupby)
     selected = _selected_groups(labels, groupby, groups, reference)
     comparisons = _comparisons(labels, groupby, selected, reference)
