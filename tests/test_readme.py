@@ -28,7 +28,7 @@ def test_the_readme_python_example_runs_as_written(monkeypatch):
     monkeypatch.setattr(mv.tl, "myvae", lambda *args, **kwargs: train(*args, max_epochs=3, progress=False, **kwargs))
     monkeypatch.setattr(mv.tl, "rank_genes_groups", lambda *args, **kwargs: rank(*args, n_samples=200, **kwargs))
     namespace = {}
-    exec(_python_example(), namespace)  # noqa: S102 (the README's own code)
+    exec(_python_example(), namespace)
     adata = namespace["adata"]
     assert adata.obsm["X_myvae"].shape == (800, 10)
     assert adata.uns["myvae"]["params"]["backend"] == "pyro" and adata.uns["myvae"]["params"]["layer"] == "counts"

@@ -168,8 +168,8 @@ def model_counts(adata: AnnData, model_genes: pd.Index, layer: str | None) -> tu
         repeated = adata.var_names[adata.var_names.duplicated()].unique()
         raise InputError(
             f"adata.var_names repeat {len(repeated)} names (e.g. {repeated[0]!r}), so the model's genes cannot be "
-            "found in them by name. Make them unique as they were for training (`adata.var_names_make_unique()`), "
-            "or subset the data to the model's genes."
+            "found in them by name. Make them unique (`adata.var_names_make_unique()`) if the model's are, or give "
+            "the data the model's genes in the model's order."
         )
     if mask is None:
         check_same_genes(model_genes, adata.var_names)  # raises, naming the missing or extra genes

@@ -193,7 +193,7 @@ def _check_options(mode: Any, delta: Any, n_samples: Any, fdr: Any, batch_correc
 
 
 def _trained_model(adata: AnnData, model: Any) -> MyVAE:
-    """The model to query: the one given, or the one ``tl.myvae`` stored in ``adata.uns["myvae"]``."""
+    """The model to query: the one given, or the one ``tl.myvae`` stored in ``adata.uns`` (under its ``key_added``)."""
     if model is None:  # the counts are read below (model_counts): the model needs only its genes
         return carried_model(adata, "tl.rank_genes_groups")
     if not isinstance(model, MyVAE):
