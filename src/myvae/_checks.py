@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from difflib import SequenceMatcher
 from typing import Any
 
@@ -128,10 +128,13 @@ def check_same_genes(model_genes: Sequence[str], data_genes: Sequence[str]) -> N
     raise InputError("The data have the model's genes in another order; reorder them with `adata[:, model_genes]`.")
 
 
-def check_keywords(given: Iterable[str], valid: Collection[str], func: str) -> None:
+def check_keywords(
+    given: Iterable[str], valid: Collection[str], func: str, known: Mapping[str, str] | None = None
+) -> None:
     """Raise an :class:`~myvae.InputError` naming the first keyword of ``given`` not in ``valid``.
 
-    The message lists the valid keywords, the closest to the unknown one first (:mod:`difflib`'s similarity).
+    A keyword of ``known`` (the keywords users bring from other tools) gets its own explanation; any other, the
+    valid keywords, the closest to it first (:mod:`difflib`'s similarity).
 
     Parameters
     ----------
@@ -141,11 +144,15 @@ def check_keywords(given: Iterable[str], valid: Collection[str], func: str) -> N
         The keywords accepted.
     func
         Name of the function, for the message.
+    known
+        Keywords of other tools that do not apply here, each with why and what to use instead.
     """
     unknown = [key for key in given if key not in valid]
     if not unknown:
         return
     key = unknown[0]
+    if known and key in known:
+        raise InputError(f"{func} takes no {key}=: {known[key]}.")
     ranked = sorted(valid, key=lambda name: (-SequenceMatcher(None, key, name).ratio(), name))
     raise InputError(
         f"{func} got an unknown keyword argument {key!r}; did you mean {ranked[0]!r}? Valid keywords, closest "

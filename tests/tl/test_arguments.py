@@ -1,6 +1,8 @@
 """The tool's own arguments: the counts layer, the batch column and the genes (mask_var) as scanpy's tools take
 them, every keyword checked before any work, and layer_added that never destroys the counts."""
 
+import re
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -158,6 +160,27 @@ def test_an_unknown_keyword_names_the_closest_valid_one_before_any_work(
     valid = message.split("closest first: ")[1]
     assert valid.startswith(suggestion) and "gradient_clip_val" in valid and "train_size" in valid
     assert error.value.__cause__ is None and error.value.__context__ is None  # no Lightning trace behind it
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "advice"),
+    [
+        ("use_highly_variable", True, "scanpy's older name for mask_var="),
+        ("n_comps", 20, "the size of the embedding is n_latent="),
+        ("seed", 1, "the seed is random_state="),
+        ("n_epochs", 5, "the number of epochs is max_epochs="),
+        ("n_layers", 2, "one hidden layer of n_hidden= units; scvi-tools' SCVI builds deeper networks"),
+        ("gene_likelihood", "zinb", "for a zero-inflated or a Poisson likelihood use scvi-tools' SCVI"),
+    ],
+)
+def test_keywords_of_scanpy_and_scvi_tools_habits_are_explained_before_any_work(
+    small_adata, unchanged, keyword, value, advice
+):
+    with (
+        unchanged(small_adata),
+        pytest.raises(mv.InputError, match=rf"tl.myvae takes no {keyword}=: .*{re.escape(advice)}"),
+    ):
+        mv.tl.myvae(small_adata, **{keyword: value}, **fast_train_kwargs())
 
 
 def test_train_and_lightning_keywords_pass_through(small_adata):

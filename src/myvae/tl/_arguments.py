@@ -34,6 +34,31 @@ from myvae.model._myvae import train_keywords
 __all__ = ["Inputs", "check_tool_keywords", "check_values", "resolve_inputs"]
 
 
+_EPOCHS = (
+    "the number of epochs is max_epochs= (training stops earlier once the held-out ELBO stops improving; "
+    "early_stopping=False trains them all)"
+)
+_SIMPLE_MODEL = "myvae is the simple scVI model, a negative binomial VAE with one hidden layer of n_hidden= units"
+OTHER_TOOLS_KEYWORDS = {
+    # scanpy's tools (sc.pp.pca and its like)
+    "use_highly_variable": "it is scanpy's older name for mask_var=; the genes of var['highly_variable'] are used "
+    "by default when that column exists, and mask_var=None takes every gene",
+    "n_comps": "the size of the embedding is n_latent= (10 by default, as in scvi-tools)",
+    "seed": "the seed is random_state=, as in scanpy's tools",
+    # scvi-tools' SCVI and its train()
+    "n_epochs": _EPOCHS,
+    "epochs": _EPOCHS,
+    "n_layers": f"{_SIMPLE_MODEL}; scvi-tools' SCVI builds deeper networks",
+    "gene_likelihood": f"{_SIMPLE_MODEL}; for a zero-inflated or a Poisson likelihood use scvi-tools' SCVI",
+    "dispersion": f"{_SIMPLE_MODEL}, with one inverse dispersion per gene (scvi-tools' dispersion='gene')",
+    "dropout_rate": f"{_SIMPLE_MODEL}, without dropout",
+    "use_batch_norm": f"{_SIMPLE_MODEL}, without batch normalisation",
+    "use_layer_norm": f"{_SIMPLE_MODEL}, without layer normalisation",
+    "latent_distribution": f"{_SIMPLE_MODEL}, with a normal latent code",
+}
+"""Keywords that scanpy and scvi-tools users bring to :func:`~myvae.tl.myvae`, with why they do not apply."""
+
+
 def check_tool_keywords(
     train_kwargs: dict[str, Any],
     tool_keywords: Collection[str],
@@ -47,7 +72,7 @@ def check_tool_keywords(
     training arguments (``model_arguments``: each name's value and default) given a value other than their
     default: they would do nothing.
     """
-    check_keywords(train_kwargs, set(tool_keywords) | train_keywords(), "tl.myvae")
+    check_keywords(train_kwargs, set(tool_keywords) | train_keywords(), "tl.myvae", known=OTHER_TOOLS_KEYWORDS)
     if not reusing:
         return
     ignored = list(train_kwargs) + [

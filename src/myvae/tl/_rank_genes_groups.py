@@ -170,13 +170,8 @@ _SCANPY_ONLY = {
 
 def _refuse_scanpy_keywords(keywords: dict[str, Any]) -> None:
     """Refuse keywords outside the signature: scanpy's own with the reason, any other with the closest valid one."""
-    for key in keywords:
-        if key in _SCANPY_ONLY:
-            raise InputError(f"tl.rank_genes_groups takes no {key}=: {_SCANPY_ONLY[key]}.")
-    parameters = inspect.signature(rank_genes_groups).parameters
-    check_keywords(
-        keywords, [name for name in parameters if name not in ("data", "scanpy_keywords")], "tl.rank_genes_groups"
-    )
+    parameters = [name for name in inspect.signature(rank_genes_groups).parameters if name != "scanpy_keywords"]
+    check_keywords(keywords, parameters[1:], "tl.rank_genes_groups", known=_SCANPY_ONLY)
 
 
 def _check_options(mode: Any, delta: Any, n_samples: Any, fdr: Any, batch_correction: Any, random_state: Any) -> None:
