@@ -330,7 +330,8 @@ def _positive_int(value: Any, where: str) -> int:
 
 
 def _texts(value: Any, where: str) -> list[str]:
-    is_array = isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "OU"
+    # object, fixed-width or (as zarr returns them with NumPy 2) variable-width strings
+    is_array = isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "OUT"
     if not (is_array or isinstance(value, list | tuple)) or not all(isinstance(item, str) for item in value):
         raise _malformed(f"{where} is not a list of strings")
     if len(value) == 0:
