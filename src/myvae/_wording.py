@@ -5,6 +5,6 @@ from __future__ import annotations
 __all__ = ["counted"]
 
 
-def counted(n: int, noun: str, plural: str | None = None) -> str:
-    """``n`` followed by ``noun``, or by its plural (``noun + "s"`` unless given) when ``n`` is not 1."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+def counted(n: int, noun: str) -> str:
+    """``n`` followed by ``noun``, or by its plural (``noun + "s"``) when ``n`` is not 1."""
+    return f"{n} {noun if n == 1 else noun + 's'}"

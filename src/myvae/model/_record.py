@@ -163,6 +163,10 @@ def carried_model(adata: AnnData, func: str) -> MyVAE:
     return _attach(_checked(_carried_record(adata, key, func)), None, accelerator="auto", device="auto")
 
 
+_QUERY = "tl.myvae(model=...)"
+"""How the errors of a query name the call."""
+
+
 def model_for_query(model: Any, *, accelerator: str) -> MyVAE:
     """For ``tl.myvae(new_cells, model=...)``: the trained model a folder or a carrying AnnData holds.
 
@@ -171,7 +175,7 @@ def model_for_query(model: Any, *, accelerator: str) -> MyVAE:
     ``model=mv.MyVAE.from_anndata(carrier, key=...)``.
     """
     if isinstance(model, AnnData | MuData):
-        payload = _checked(_carried_record(model, _carrying_key(model, "tl.myvae(model=...)"), "tl.myvae(model=...)"))
+        payload = _checked(_carried_record(model, _carrying_key(model, _QUERY), _QUERY))
     else:
         payload = read_model_file(model)
         _check_registered(payload["init_params"]["backend"])
@@ -185,7 +189,7 @@ def model_source(model: Any) -> str:
     if isinstance(model, MyVAE):
         return "MyVAE object"
     if isinstance(model, AnnData):
-        return f"AnnData uns[{_carrying_key(model, 'tl.myvae(model=...)')!r}]['model']"
+        return f"AnnData uns[{_carrying_key(model, _QUERY)!r}]['model']"
     return str(model)
 
 

@@ -15,7 +15,7 @@ __all__ = ["expressing_fractions"]
 
 
 def expressing_fractions(
-    counts: Any, labels: np.ndarray, groups: Sequence[str], var_names: pd.Index, *, with_rest: bool
+    counts: Any, labels: pd.Categorical, groups: Sequence[str], var_names: pd.Index, *, with_rest: bool
 ) -> dict[str, pd.DataFrame]:
     """The fraction of cells with a non-zero count of each gene, in each group and (optionally) outside it.
 

@@ -174,15 +174,19 @@ def _refuse_scanpy_keywords(keywords: dict[str, Any]) -> None:
     check_keywords(keywords, parameters[1:], "tl.rank_genes_groups", known=_SCANPY_ONLY)
 
 
-def _check_options(mode: Any, delta: Any, n_samples: Any, fdr: Any, batch_correction: Any, random_state: Any) -> None:
+def _check_options(
+    mode: Any, delta: Any, n_samples: Any, fdr: Any, batch_correction: Any, random_state: Any, n_genes: Any, pts: Any
+) -> None:
     if mode not in ("change", "vanilla"):
         raise InputError(f"mode must be 'change' or 'vanilla', got {mode!r}.")
     check_positive_float(delta, "delta")
     check_positive_int(n_samples, "n_samples")
     if isinstance(fdr, bool) or not isinstance(fdr, int | float | np.number) or not 0 < fdr < 1:
         raise InputError(f"fdr must be a number between 0 and 1 (exclusive), e.g. 0.05; got {fdr!r}.")
-    if not isinstance(batch_correction, bool | np.bool_):
-        raise InputError(f"batch_correction must be True or False, got {batch_correction!r}.")
+    for name, value in (("batch_correction", batch_correction), ("pts", pts)):
+        if not isinstance(value, bool | np.bool_):
+            raise InputError(f"{name} must be True or False, got {value!r}.")
+    check_positive_int(n_genes, "n_genes", allow_none=True)
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
         raise InputError(f"random_state must be a non-negative integer, got {random_state!r}.")
 
@@ -393,10 +397,7 @@ def rank_genes_groups(
     _refuse_scanpy_keywords(scanpy_keywords)
     adata, mdata = resolve_data(data, mod, "rank_genes_groups", copy=copy)
     check_key_added(key_added)
-    _check_options(mode, delta, n_samples, fdr, batch_correction, random_state)
-    check_positive_int(n_genes, "n_genes", allow_none=True)
-    if not isinstance(pts, bool | np.bool_):
-        raise InputError(f"pts must be True or False, got {pts!r}.")
+    _check_options(mode, delta, n_samples, fdr, batch_correction, random_state, n_genes, pts)
     if isinstance(reference, Integral) and not isinstance(reference, bool):
         reference = str(reference)  # a group of a column of numbers, named by its number (as groups= may be)
     labels = _group_labels(adata, mdata, mod, groupby)
@@ -444,11 +445,8 @@ def rank_genes_groups(
     }
     if pts:
         columns = selected if reference == "rest" else [*selected, reference]
-        counts_of_all_genes = get_counts_matrix(adata, layer)
-        cells_labels = np.asarray(labels.astype(object))
-        result |= expressing_fractions(
-            counts_of_all_genes, cells_labels, columns, adata.var_names, with_rest=reference == "rest"
-        )
+        all_genes = get_counts_matrix(adata, layer)
+        result |= expressing_fractions(all_genes, labels, columns, adata.var_names, with_rest=reference == "rest")
 
     if copy:
         adata, mdata = copy_data(adata, mdata, mod)
