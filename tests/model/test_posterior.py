@@ -2,9 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import scvi
+import torch
 from helpers import fast_train_kwargs
 
 import myvae as mv
+from myvae.module import _base as module_base
+from myvae.module import negative_binomial_log_prob
+from myvae.module._sparse import as_sparse_csr
 
 
 @pytest.fixture(params=["torch", "pyro"])
@@ -48,3 +52,126 @@ def test_embedding_is_the_posterior_mean_scvi_tools_returns(trained, small_adata
     dense = small_adata.copy()
     dense.X = dense.X.toarray()
     np.testing.assert_allclose(trained._embedding(dense, 32), expected, rtol=1e-5, atol=1e-6)
+
+
+def _reference_marginal_ll(module, x: torch.Tensor, batch_index, n_draws: int, draws_per_pass: int) -> np.ndarray:
+    """Importance-sampled log p(x | l) in double precision, from the elementwise NB formula.
+
+    The draws of z are the module's (single precision, drawn ``draws_per_pass`` at a time); everything else is
+    computed again in double precision.
+    """
+    qz = module.networks.posterior(x)
+    draws = torch.cat(
+        [qz.sample((min(draws_per_pass, n_draws - first),)) for first in range(0, n_draws, draws_per_pass)]
+    )
+    networks = module.networks.double()
+    try:
+        x = x.double()
+        qz = networks.posterior(x)
+        log_library = x.sum(dim=1, keepdim=True).log()
+        log_weights = []
+        for draw in draws.double():
+            log_mu = log_library + networks.log_rho(draw, batch_index)
+            log_px = negative_binomial_log_prob(x, log_mu, networks.log_theta).sum(dim=1)
+            log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(draw).sum(dim=1)
+            log_weights.append(log_px + log_pz - qz.log_prob(draw).sum(dim=1))
+        return (torch.logsumexp(torch.stack(log_weights), dim=0) - np.log(n_draws)).numpy()
+    finally:
+        networks.float()
+
+
+@pytest.mark.parametrize("draws_per_pass", [None, 1, 3])
+def test_marginal_ll_is_the_importance_sampled_likelihood(trained, small_adata, monkeypatch, draws_per_pass):
+    n_draws, cells = 7, slice(0, 20)
+    x = torch.tensor(small_adata.X[cells].toarray())
+    if draws_per_pass is not None:  # so many cells × genes per pass that the draws come this many at a time
+        monkeypatch.setattr(module_base, "_SCORED_AT_ONCE", draws_per_pass * x.numel())
+    module = trained.module
+    torch.manual_seed(3)
+    with torch.no_grad():
+        expected = _reference_marginal_ll(module, x, None, n_draws, draws_per_pass or n_draws)
+    torch.manual_seed(3)
+    tensors = {scvi.REGISTRY_KEYS.X_KEY: as_sparse_csr(x)}
+    estimate = module.marginal_ll(tensors, n_mc_samples=n_draws)
+    assert estimate.dtype == torch.float64 and estimate.shape == (20,)
+    np.testing.assert_allclose(estimate.numpy(), expected, rtol=1e-5)
+
+
+def test_marginal_ll_of_a_model_with_batches(two_batch_adata):
+    model = mv.tl.myvae(two_batch_adata, batch_key="sample", return_model=True, **fast_train_kwargs(max_epochs=3))
+    x = torch.tensor(two_batch_adata.X[:10].toarray())
+    batch_index = torch.tensor(model.adata.obs["_scvi_batch"].to_numpy()[:10]).reshape(-1, 1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = _reference_marginal_ll(model.module, x, batch_index, 5, 5)
+    torch.manual_seed(0)
+    tensors = {scvi.REGISTRY_KEYS.X_KEY: as_sparse_csr(x), scvi.REGISTRY_KEYS.BATCH_KEY: batch_index}
+    np.testing.assert_allclose(model.module.marginal_ll(tensors, n_mc_samples=5).numpy(), expected, rtol=1e-5)
+
+
+def test_get_marginal_ll_is_per_cell_and_above_the_elbo(trained, small_adata):
+    scvi.settings.seed = 2
+    per_cell = trained.get_marginal_ll(n_mc_samples=50, return_mean=False, batch_size=32)
+    scvi.settings.seed = 2
+    mean = trained.get_marginal_ll(n_mc_samples=50, batch_size=32)
+    assert isinstance(per_cell, np.ndarray) and per_cell.shape == (small_adata.n_obs,)
+    # the mean over cells, not over minibatches (80 cells: 32 + 32 + 16)
+    assert mean == pytest.approx(per_cell.mean(), rel=1e-12)
+    assert mean > trained.get_elbo()  # 50 importance-weighted draws bound log p(x) more tightly than the ELBO
+    with pytest.raises(mv.InputError, match="n_mc_samples must be a positive integer, got 0"):
+        trained.get_marginal_ll(n_mc_samples=0)
+
+
+def test_normalized_expression_at_each_cells_library_and_for_some_genes(trained, small_adata):
+    scvi.settings.seed = 4
+    proportions = trained.get_normalized_expression(library_size=1.0, n_samples=3)
+    scvi.settings.seed = 4
+    expected_counts = trained.get_normalized_expression(library_size="latent", n_samples=3)
+    library = np.asarray(small_adata.X.sum(axis=1)).ravel()
+    np.testing.assert_allclose(expected_counts.sum(axis=1), library, rtol=1e-4)
+    np.testing.assert_allclose(expected_counts, proportions * library[:, None], rtol=1e-5)
+
+    genes = [small_adata.var_names[5], small_adata.var_names[0]]
+    scvi.settings.seed = 4
+    chosen = trained.get_normalized_expression(library_size=1.0, n_samples=3, gene_list=genes)
+    assert list(chosen.columns) == genes
+    np.testing.assert_array_equal(chosen.to_numpy(), proportions[genes].to_numpy())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"gene_list": ["no-such-gene"]}, r"gene_list: 1 of its genes are not among the model's 230 genes \('no-such"),
+        ({"gene_list": "CD3E"}, r"gene_list takes a list of gene names, got the string 'CD3E'; pass \['CD3E'\]"),
+        ({"library_size": "observed"}, 'library_size \\(a number, or "latent"\\) must be a finite number'),
+        ({"n_samples": 0}, "n_samples must be a positive integer, got 0"),
+    ],
+)
+def test_normalized_expression_refuses_bad_arguments(trained, kwargs, message):
+    with pytest.raises(mv.InputError, match=message):
+        trained.get_normalized_expression(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_differential_abundance_of_a_model_from_anndata(two_batch_adata, unchanged, backend):
+    mv.tl.myvae(two_batch_adata, backend=backend, **fast_train_kwargs(max_epochs=3))
+    with unchanged(two_batch_adata):
+        model = mv.MyVAE.from_anndata(two_batch_adata)  # carries a copy of obs: sample_key needs no adata=
+        log_probs = model.differential_abundance(sample_key="sample")
+    assert log_probs.shape == (two_batch_adata.n_obs, 2)
+    assert set(log_probs.columns) == {"donor_a", "donor_b"} and np.isfinite(log_probs.to_numpy()).all()
+    with pytest.raises(mv.InputError, match="needs sample_key=, the adata.obs column"):
+        model.differential_abundance()
+    with pytest.raises(
+        mv.InputError, match=r"sample_key='donor' is not a column of the model's AnnData's obs .*'sample'"
+    ):
+        model.differential_abundance(sample_key="donor")
+
+
+def test_gene_list_of_a_model_with_repeated_gene_names(small_adata):
+    small_adata.var_names = [small_adata.var_names[1], *small_adata.var_names[1:]]  # genes 0 and 1 share a name
+    model = mv.tl.myvae(small_adata, return_model=True, **fast_train_kwargs(max_epochs=2))
+    chosen = model.get_normalized_expression(gene_list=[small_adata.var_names[2]], n_samples=1)
+    assert chosen.shape == (small_adata.n_obs, 1)
+    with pytest.raises(mv.InputError, match="the model has '.*' more than once, so the name does not say which"):
+        model.get_normalized_expression(gene_list=[small_adata.var_names[0]])

@@ -103,3 +103,14 @@ def test_sums_per_row_add_each_rows_entries_including_empty_rows(counts, layout)
 def test_sort_keys_are_the_narrowest_integers_that_hold_every_feature(n, dtype):
     assert _narrowest_index_dtype(n) == dtype
     assert np.iinfo(np.dtype(str(dtype).removeprefix("torch."))).max >= n - 1
+
+
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+@pytest.mark.parametrize("times", [1, 3])
+def test_repeat_rows_stacks_the_cells_as_repeat_does(counts, layout, times):
+    x = counts
+    given = x if layout == "dense" else _sparse.as_sparse_csr(x)
+    stacked = _sparse.repeat_rows(given, times)
+    assert (stacked.layout == torch.sparse_csr) == (layout == "csr")
+    dense = stacked.to_dense() if layout == "csr" else stacked
+    torch.testing.assert_close(dense, x.repeat(times, 1), rtol=0, atol=0)

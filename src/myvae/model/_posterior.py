@@ -7,6 +7,7 @@ CSR counts, sliced from memory or, for counts on disk, read a chunk of rows at a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -16,9 +17,11 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
 from myvae._batches import batch_code, transform_batches
-from myvae._checks import check_same_genes
+from myvae._checks import check_positive_float, check_positive_int, check_same_genes
 from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
+from myvae._exceptions import InputError
+from myvae.module._base import observed_library
 
 from ._datamodule import batch_codes, in_memory_rows
 from ._streaming import streamed_rows
@@ -113,9 +116,10 @@ class PosteriorMixin:
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         *,
-        library_size: float = 1e4,
+        library_size: float | Literal["latent"] = 1e4,
         n_samples: int = 25,
         transform_batch: str | Sequence[str] | None = None,
+        gene_list: Sequence[str] | None = None,
         batch_size: int | None = None,
         return_numpy: bool = False,
     ) -> pd.DataFrame | np.ndarray:
@@ -125,39 +129,73 @@ class PosteriorMixin:
         ----------
         {cells}
         library_size
-            Counts per cell that each row sums to.
+            Counts per cell that each row sums to; ``"latent"`` scales each cell's row to its own library size, the
+            total of its counts over the model's genes (the model's observed library), which gives the expected
+            counts :math:`l_n \rho_n`, as scvi-tools' ``library_size="latent"`` does.
         n_samples
             Draws of :math:`z \sim q(z \mid x)` averaged per cell.
         transform_batch
             A batch (one of :attr:`batch_categories`): express every cell as if it came from that batch, which
             removes the batch effect from the expression; a list of batches averages the expression over them, as
             scvi-tools does. ``None`` decodes each cell with its own batch.
+        gene_list
+            Genes to return (names among the model's genes, in the order given); ``None`` returns all.
         {batch_size}
         return_numpy
             Return an array instead of a :class:`~pandas.DataFrame` indexed by cells and genes.
 
         Returns
         -------
-        Cells × genes, ``float32``, every row summing to ``library_size``.
+        Cells × genes, ``float32``; with ``gene_list=None``, every row sums to ``library_size`` (or to the cell's
+        library size).
         """
+        if library_size != "latent":
+            check_positive_float(library_size, 'library_size (a number, or "latent")')
+        check_positive_int(n_samples, "n_samples")
+        genes = self._chosen_genes(gene_list)
         codes = [batch_code(batch, self.batch_categories, "the model") for batch in transform_batches(transform_batch)]
+
+        def per_cell(tensors: dict[str, torch.Tensor], code: int | None) -> torch.Tensor:
+            rho = self.module.normalized_expression(tensors, n_samples=n_samples, transform_batch=code)
+            return rho * observed_library(tensors[REGISTRY_KEYS.X_KEY]) if library_size == "latent" else rho
+
         per_batch = [
-            self._per_cell(
-                lambda tensors, code=code: self.module.normalized_expression(
-                    tensors, n_samples=n_samples, transform_batch=code
-                ),
-                adata,
-                indices,
-                batch_size,
-            )
+            self._per_cell(lambda tensors, code=code: per_cell(tensors, code), adata, indices, batch_size)
             for code in codes
         ]
-        expression = library_size * np.mean(per_batch, axis=0, dtype=np.float32)
+        scale = 1.0 if library_size == "latent" else library_size
+        expression = scale * np.mean(per_batch, axis=0, dtype=np.float32)
+        if genes is not None:
+            expression = expression[:, self.adata.var_names.get_indexer_for(genes)]
         if return_numpy:
             return expression
         cells = self._validate_anndata(adata).obs_names
         cells = cells if indices is None else cells[indices]
-        return pd.DataFrame(expression, index=cells, columns=self.adata.var_names)
+        return pd.DataFrame(expression, index=cells, columns=self.adata.var_names if genes is None else genes)
+
+    def _chosen_genes(self, gene_list: Sequence[str] | None) -> pd.Index | None:
+        """``gene_list`` as an index of the model's genes (``None`` for all); an unknown gene is an InputError."""
+        if gene_list is None:
+            return None
+        if isinstance(gene_list, str):
+            raise InputError(
+                f"gene_list takes a list of gene names, got the string {gene_list!r}; pass [{gene_list!r}]."
+            )
+        genes = pd.Index(gene_list)
+        model_genes = self.adata.var_names
+        unknown = genes[~genes.isin(model_genes)]
+        if len(unknown):
+            raise InputError(
+                f"gene_list: {len(unknown)} of its genes are not among the model's {self.adata.n_vars} genes "
+                f"({_some(unknown)})."
+            )
+        repeated = genes[genes.isin(model_genes[model_genes.duplicated()])]
+        if len(repeated):
+            raise InputError(
+                f"gene_list: the model has {_some(repeated.unique())} more than once, so the name does not say which; "
+                "leave gene_list=None and select the columns by position."
+            )
+        return genes
 
     @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)
     def posterior_predictive_sample(
@@ -202,6 +240,75 @@ class PosteriorMixin:
         return -float(np.mean(terms))
 
     @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)
+    def get_marginal_ll(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_mc_samples: int = 1000,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+    ) -> float | np.ndarray:
+        r"""The marginal log-likelihood :math:`\log p(x_n \mid l_n)` of each cell (higher is better), as scvi-tools'.
+
+        Estimated by importance sampling from the encoder, ``n_mc_samples`` draws of :math:`z` per cell
+        (the modules' ``marginal_ll``): a lower bound in expectation, at least the ELBO and
+        tighter with more draws. The mean is over cells (scvi-tools averages the minibatches' means, which weighs
+        the cells of a smaller last minibatch more).
+
+        Parameters
+        ----------
+        {cells}
+        n_mc_samples
+            Draws of :math:`z` per cell.
+        {batch_size}
+        return_mean
+            Return the mean over the cells, else one value per cell (a NumPy array).
+        """
+        check_positive_int(n_mc_samples, "n_mc_samples")
+        if not hasattr(self.module, "marginal_ll"):  # a registered backend's module of one's own
+            return super().get_marginal_ll(adata, indices, n_mc_samples, batch_size, return_mean)
+        per_cell = self._per_cell(
+            lambda tensors: self.module.marginal_ll(tensors, n_mc_samples=n_mc_samples), adata, indices, batch_size
+        )
+        return float(per_cell.mean()) if return_mean else per_cell
+
+    def differential_abundance(
+        self, adata: AnnData | None = None, *, sample_key: str | None = None, **kwargs
+    ) -> pd.DataFrame:
+        """scvi-tools' :meth:`~scvi.model.base.VAEMixin.differential_abundance`, after checking ``sample_key``.
+
+        The log-density of every cell's embedding under each sample's aggregated posterior (cells × samples), stored
+        in ``obsm["da_log_probs"]`` of the AnnData scored, as scvi-tools does, and returned. A missing or unknown
+        ``sample_key`` is an :class:`~myvae.InputError` before any work (scvi-tools' own method fails with
+        ``KeyError: None``). A model from :meth:`~myvae.MyVAE.from_anndata` has a copy of that AnnData's
+        ``obs`` columns, so ``sample_key`` may name one of them without ``adata=``.
+
+        Parameters
+        ----------
+        adata
+            Cells with the model's genes and the ``sample_key`` column; ``None`` uses the model's AnnData.
+        sample_key
+            The ``obs`` column naming each cell's sample.
+        **kwargs
+            Passed on to scvi-tools' method (``batch_size``, ``num_cells_posterior``, ``dof``, ...).
+        """
+        target = self.adata if adata is None else adata
+        if sample_key is None:
+            raise InputError(
+                "differential_abundance needs sample_key=, the adata.obs column that names each cell's sample."
+            )
+        if sample_key not in target.obs.columns:
+            columns = (
+                ", ".join(repr(column) for column in target.obs.columns if not column.startswith("_scvi")) or "none"
+            )
+            where = "the model's AnnData's obs" if adata is None else "adata.obs"
+            hint = " Pass adata= the AnnData whose obs has it." if adata is None else ""
+            raise InputError(f"sample_key={sample_key!r} is not a column of {where} (columns: {columns}).{hint}")
+        super().differential_abundance(adata, sample_key=sample_key, **kwargs)
+        scored = target if kwargs.get("adata_sub") is None else kwargs["adata_sub"]  # scvi-tools 1.5's subset
+        return scored.obsm["da_log_probs"]
+
+    @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)
     def get_reconstruction_error(
         self, adata: AnnData | None = None, indices: Sequence[int] | None = None, *, batch_size: int | None = None
     ) -> dict[str, float]:
@@ -221,6 +328,11 @@ class PosteriorMixin:
             return self.module.negative_elbo_terms(tensors)[0]
 
         return {"reconstruction_loss": float(np.mean(self._per_cell(reconstruction_loss, adata, indices, batch_size)))}
+
+
+def _some(names: pd.Index) -> str:
+    """The first few of ``names``, quoted, for a message."""
+    return ", ".join(repr(name) for name in names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 def _on_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -266,6 +266,8 @@ def _attach(
         ) from error
     batch_key = setup["batch_key"] if setup["batch_key"] in adata.obs.columns else None
     data = training_anndata(adata, layer, batch_key, mask=mask)
+    for column in adata.obs.columns.difference(data.obs.columns):  # e.g. sample_key= of differential_abundance
+        data.obs[column] = adata.obs[column].values
     return _build(payload, data, accelerator=accelerator, device=device)
 
 

@@ -272,8 +272,9 @@ class SaveLoadMixin:
         :func:`~myvae.model.model_from_record`): a malformed or altered one is refused with an
         :class:`~myvae.InputError`, and loading runs no code. The model is attached to a new AnnData around the
         carrying AnnData's counts (the layer ``tl.myvae`` trained on, else ``uns["myvae_setup"]``'s, else ``X``) of
-        the model's genes (all of them, or those ``mask_var`` chose; counts on disk stay there) when it has them all;
-        otherwise to a placeholder with the model's genes and one empty cell. ``adata`` itself is never modified.
+        the model's genes (all of them, or those ``mask_var`` chose; counts on disk stay there) and a copy of its
+        ``obs`` columns, when it has them all; otherwise to a placeholder with the model's genes and one empty cell.
+        ``adata`` itself is never modified.
 
         Parameters
         ----------

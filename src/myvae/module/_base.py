@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import auto_move_data
 
-from ._networks import VAENetworks
-from ._sparse import row_sums
+from ._networks import VAENetworks, cell_log_likelihood
+from ._sparse import repeat_rows, row_sums
 
 __all__ = ["SharedNetworksMixin", "batch_of", "observed_library"]
+
+_SCORED_AT_ONCE = 2**23
+"""Cells × genes scored per pass of :meth:`SharedNetworksMixin.marginal_ll` (the draws of z for a minibatch are
+decoded a few at a time, as many as keep each cells × genes array within this size)."""
 
 
 def batch_of(tensors: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -88,6 +94,48 @@ class SharedNetworksMixin:
         outputs = self.inference(x)
         px = self.likelihood(outputs["z"], outputs["library"], batch_of(tensors))
         return self.networks.negative_elbo_terms(x, outputs["qz"], px)
+
+    @torch.inference_mode()
+    def marginal_ll(
+        self, tensors: dict[str, torch.Tensor], n_mc_samples: int = 1000, return_mean: bool = False
+    ) -> torch.Tensor | float:
+        r"""Each cell's marginal log-likelihood :math:`\log p(x_n \mid l_n)`, by importance sampling from the encoder.
+
+        With :math:`K` = ``n_mc_samples`` draws :math:`z_k \sim q(z \mid x_n)`, the estimate is
+        :math:`\log \frac1K \sum_k p(x_n \mid z_k, l_n)\, p(z_k) / q(z_k \mid x_n)`, added up in double precision.
+        Its expectation is a lower bound on :math:`\log p(x_n \mid l_n)` that is at least the ELBO and rises towards
+        it as :math:`K` grows (the importance-weighted bound); with :math:`K = 1` it is a one-draw ELBO. The draws are
+        decoded several at a time, the counts stacked once per draw.
+
+        Parameters
+        ----------
+        tensors
+            A minibatch as scvi-tools' data loaders give it.
+        n_mc_samples
+            Draws of :math:`z` per cell.
+        return_mean
+            Return the mean over the minibatch's cells (a float), as scvi-tools' modules do, instead of one value per
+            cell.
+        """
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        n_cells, n_genes = x.shape
+        qz = self.networks.posterior(x)
+        prior = self.networks.prior(qz.loc)
+        library, batch_index = observed_library(x), batch_of(tensors)
+        per_pass = max(1, min(n_mc_samples, _SCORED_AT_ONCE // max(1, n_cells * n_genes)))
+        log_weights = []
+        for first in range(0, n_mc_samples, per_pass):
+            draws = min(per_pass, n_mc_samples - first)
+            z = qz.sample((draws,))
+            px = self.likelihood(
+                z.reshape(draws * n_cells, -1),
+                library.repeat(draws, 1),
+                None if batch_index is None else batch_index.repeat(draws, 1),
+            )
+            log_px = cell_log_likelihood(px, repeat_rows(x, draws)).reshape(draws, n_cells)
+            log_weights.append((log_px + prior.log_prob(z).sum(-1) - qz.log_prob(z).sum(-1)).double())
+        estimate = torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(n_mc_samples)
+        return estimate.mean().item() if return_mean else estimate
 
     @torch.inference_mode()
     def normalized_expression(

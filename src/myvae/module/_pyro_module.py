@@ -35,6 +35,11 @@ class PyroVAEModule(SharedNetworksMixin, PyroBaseModuleClass):
     {sizes}
     """
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the module's parameters (scvi-tools' model methods read it, as on its PyTorch modules)."""
+        return next(self.parameters()).device
+
     @staticmethod
     def _get_fn_args_from_batch(tensor_dict: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], dict]:
         x = tensor_dict[REGISTRY_KEYS.X_KEY]

@@ -20,6 +20,7 @@ __all__ = [
     "is_sparse_csr",
     "load_compiled_grouping",
     "nonzero_entries",
+    "repeat_rows",
     "row_sums",
     "sparse_linear",
     "sums_per_row",
@@ -45,6 +46,20 @@ def as_sparse_csr(x: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return x.to_sparse_csr()
+
+
+def repeat_rows(x: torch.Tensor, times: int) -> torch.Tensor:
+    """``x`` stacked ``times`` times along the cells (as ``x.repeat(times, 1)``), dense or sparse CSR as ``x`` is."""
+    if not is_sparse_csr(x):
+        return x.repeat(times, 1)
+    crow, n_entries = x.crow_indices(), x.values().numel()
+    offsets = torch.arange(times, device=crow.device, dtype=crow.dtype).unsqueeze(1) * n_entries
+    stacked_crow = torch.cat([(crow[:-1] + offsets).reshape(-1), crow[-1:] + (times - 1) * n_entries])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            stacked_crow, x.col_indices().repeat(times), x.values().repeat(times), (times * x.shape[0], x.shape[1])
+        )
 
 
 def _row_ids(crow_indices: torch.Tensor) -> torch.Tensor:
