@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from helpers import fast_train_kwargs
@@ -68,3 +70,27 @@ def test_both_backends_follow_the_same_training_path(small_adata):
     # Pyro's Adam with torch's default eps=1e-8 instead of scvi-tools' 0.01 leaves that path
     other_eps = {"optim_kwargs": {"lr": mv.model.default_learning_rate(16), "weight_decay": 1e-6}}
     assert not np.allclose(_train_history(small_adata, "pyro", plan_kwargs=other_eps), torch_path, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_train_takes_what_scvi_tools_users_pass(small_adata, capfd, backend):
+    mv.MyVAE.setup_anndata(small_adata)
+    model = mv.MyVAE(small_adata, backend=backend)
+    # enable_progress_bar is scvi-tools' (and Lightning's) name for progress; plan_kwargs' lr serves either backend
+    model.train(max_epochs=1, batch_size=32, accelerator="cpu", enable_progress_bar=False, plan_kwargs={"lr": 5e-3})
+    assert "Epoch 1/1" not in "".join(capfd.readouterr())
+    assert model.training_settings_.plan_kwargs == {"lr": 5e-3}
+    with warnings.catch_warnings(record=True) as caught:  # again, on the model left in evaluation mode
+        warnings.simplefilter("always")
+        model.train(max_epochs=1, batch_size=32, accelerator="cpu", progress=False)
+    assert not [w for w in caught if "eval mode" in str(w.message)]
+    with pytest.raises(mv.InputError, match="takes no early_stopping_min_delta=: an epoch counts as an improvement"):
+        model.train(max_epochs=1, early_stopping_min_delta=1.0)
+
+
+def test_the_pyro_plan_takes_a_learning_rate_as_scvi_tools_plan_does():
+    from myvae.model import ValidatedPyroTrainingPlan
+
+    module = mv.module.PyroVAEModule(20)
+    plan = ValidatedPyroTrainingPlan(module, optim_kwargs={"lr": 1e-3, "betas": (0.8, 0.9)}, lr=5e-3)
+    assert plan.optim.pt_optim_args == {"lr": 5e-3, "betas": (0.8, 0.9)}

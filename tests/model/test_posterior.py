@@ -175,3 +175,15 @@ def test_gene_list_of_a_model_with_repeated_gene_names(small_adata):
     assert chosen.shape == (small_adata.n_obs, 1)
     with pytest.raises(mv.InputError, match="the model has '.*' more than once, so the name does not say which"):
         model.get_normalized_expression(gene_list=[small_adata.var_names[0]])
+
+
+def test_posterior_predictive_sample_of_some_genes(trained, small_adata):
+    genes = [small_adata.var_names[7], small_adata.var_names[2]]
+    scvi.settings.seed = 5
+    every_gene = trained.posterior_predictive_sample(indices=range(6), n_samples=2)
+    scvi.settings.seed = 5
+    chosen = trained.posterior_predictive_sample(indices=range(6), n_samples=2, gene_list=genes)
+    assert chosen.shape == (6, 2, 2)
+    np.testing.assert_array_equal(chosen, every_gene[:, [7, 2]])
+    with pytest.raises(mv.InputError, match="n_samples must be a positive integer, got 0"):
+        trained.posterior_predictive_sample(n_samples=0)

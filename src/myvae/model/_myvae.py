@@ -64,6 +64,17 @@ _SET_BY_TRAIN = frozenset(
 )
 """Keywords of the trainer that :meth:`MyVAE.train` sets from its own arguments, or refuses."""
 
+_SCVI_TRAIN_KEYWORDS = {
+    "early_stopping_monitor": "early stopping always watches the held-out ELBO ('elbo_validation')",
+    "early_stopping_mode": "early stopping always watches the held-out ELBO ('elbo_validation')",
+    "early_stopping_min_delta": (
+        "an epoch counts as an improvement when it beats the best held-out ELBO by early_stopping_min_improvement, "
+        "a fraction of it (default 0.003), instead of by an absolute amount"
+    ),
+    "early_stopping_warmup_epochs": "early stopping counts from the first epoch; raise early_stopping_patience instead",
+}
+"""Keywords of scvi-tools' ``train`` that :meth:`MyVAE.train` does not take, with what it has instead."""
+
 
 @cache
 def trainer_keywords() -> frozenset[str]:
@@ -218,7 +229,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             Lightning devices.
         {early_stopping}
         progress
-            Show a progress bar.
+            Show a progress bar (``enable_progress_bar``, scvi-tools' name for it, is taken too).
         {callbacks}
         plan_kwargs
             Passed to the training plan (:class:`~myvae.model.LeanTrainingPlan`, an scvi-tools
@@ -231,7 +242,8 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
             Passed to :class:`~scvi.train.Trainer` (Lightning); an unknown keyword is an
             :class:`~myvae.InputError` naming the valid ones.
         """
-        check_keywords(trainer_kwargs, train_keywords(), "MyVAE.train")
+        progress = trainer_kwargs.pop("enable_progress_bar", progress)  # scvi-tools' and Lightning's name for it
+        check_keywords(trainer_kwargs, train_keywords(), "MyVAE.train", known=_SCVI_TRAIN_KEYWORDS)
         check_accelerator(accelerator)
         check_early_stopping(early_stopping, early_stopping_patience, early_stopping_min_improvement)
         recipe = training_recipe(self.module)
@@ -273,6 +285,7 @@ class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
         )
         with quiet_training_logs(), reuse_freed_memory(), interrupts_stay_interrupts():
             recipe.reset()
+            self.module.train()  # a trained model is in evaluation mode; Lightning would warn and keep it so
             runner = self._train_runner_cls(
                 self,
                 training_plan=recipe.plan_cls(self.module, **plan_kwargs),

@@ -34,6 +34,10 @@ adata
 indices
     Cells to use; ``None`` uses all.
 """
+_GENE_LIST = """
+gene_list
+    Genes to return (names among the model's genes, in the order given); ``None`` returns all.
+"""
 _BATCH_SIZE = """
 batch_size
     Cells per minibatch; ``None`` uses scvi-tools' default.
@@ -110,7 +114,7 @@ class PosteriorMixin:
             lambda tensors: networks.posterior_mean(tensors[REGISTRY_KEYS.X_KEY]), adata, None, batch_size
         )
 
-    @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)
+    @doc_params(cells=_CELLS, gene_list=_GENE_LIST, batch_size=_BATCH_SIZE)
     def get_normalized_expression(
         self,
         adata: AnnData | None = None,
@@ -138,8 +142,7 @@ class PosteriorMixin:
             A batch (one of :attr:`batch_categories`): express every cell as if it came from that batch, which
             removes the batch effect from the expression; a list of batches averages the expression over them, as
             scvi-tools does. ``None`` decodes each cell with its own batch.
-        gene_list
-            Genes to return (names among the model's genes, in the order given); ``None`` returns all.
+        {gene_list}
         {batch_size}
         return_numpy
             Return an array instead of a :class:`~pandas.DataFrame` indexed by cells and genes.
@@ -166,12 +169,16 @@ class PosteriorMixin:
         scale = 1.0 if library_size == "latent" else library_size
         expression = scale * np.mean(per_batch, axis=0, dtype=np.float32)
         if genes is not None:
-            expression = expression[:, self.adata.var_names.get_indexer_for(genes)]
+            expression = expression[:, self._gene_positions(genes)]
         if return_numpy:
             return expression
         cells = self._validate_anndata(adata).obs_names
         cells = cells if indices is None else cells[indices]
         return pd.DataFrame(expression, index=cells, columns=self.adata.var_names if genes is None else genes)
+
+    def _gene_positions(self, genes: pd.Index) -> np.ndarray:
+        """Where the genes :meth:`_chosen_genes` returned are among the model's."""
+        return self.adata.var_names.get_indexer_for(genes)
 
     def _chosen_genes(self, gene_list: Sequence[str] | None) -> pd.Index | None:
         """``gene_list`` as an index of the model's genes (``None`` for all); an unknown gene is an InputError."""
@@ -197,13 +204,14 @@ class PosteriorMixin:
             )
         return genes
 
-    @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)
+    @doc_params(cells=_CELLS, gene_list=_GENE_LIST, batch_size=_BATCH_SIZE)
     def posterior_predictive_sample(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         *,
         n_samples: int = 1,
+        gene_list: Sequence[str] | None = None,
         batch_size: int | None = None,
     ) -> np.ndarray:
         r"""Counts drawn from the posterior predictive: :math:`z \sim q(z \mid x)`, then :math:`x' \sim p(x \mid z, l)`.
@@ -213,15 +221,22 @@ class PosteriorMixin:
         {cells}
         n_samples
             Draws per cell.
+        {gene_list}
         {batch_size}
 
         Returns
         -------
         Integer-valued counts, cells × genes, or cells × genes × ``n_samples`` when ``n_samples > 1``.
         """
-        return self._per_cell(
-            lambda tensors: self.module.sample(tensors, n_samples=n_samples), adata, indices, batch_size
-        )
+        check_positive_int(n_samples, "n_samples")
+        genes = self._chosen_genes(gene_list)
+        positions = None if genes is None else torch.from_numpy(self._gene_positions(genes))
+
+        def draws(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+            counts = self.module.sample(tensors, n_samples=n_samples)
+            return counts if positions is None else counts.index_select(1, positions.to(counts.device))
+
+        return self._per_cell(draws, adata, indices, batch_size)
 
     @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)
     def get_elbo(

@@ -41,6 +41,8 @@ class ValidatedPyroTrainingPlan(KLAnnealMixin, EpochMeansMixin, PyroTrainingPlan
         Those of :class:`~scvi.train.PyroTrainingPlan`.
     optim, optim_kwargs
         Pyro optimiser and its arguments.
+    lr
+        The learning rate, in place of ``optim_kwargs``' (as :class:`~scvi.train.TrainingPlan` takes it).
     lr_warmup_steps
         Optimiser steps over which the learning rate rises linearly (0: none).
     {kl_anneal}
@@ -51,12 +53,15 @@ class ValidatedPyroTrainingPlan(KLAnnealMixin, EpochMeansMixin, PyroTrainingPlan
         *args,
         optim=None,
         optim_kwargs: dict | None = None,
+        lr: float | None = None,
         lr_warmup_steps: int = LR_WARMUP_STEPS,
         kl_anneal_steps: int | None = None,
         kl_weight_start: float = KL_WEIGHT_START,
         **kwargs,
     ):
         check_warmup_steps(lr_warmup_steps)
+        if lr is not None:  # as scvi-tools' TrainingPlan takes it, so plan_kwargs={"lr": ...} serve either backend
+            optim_kwargs = {**(optim_kwargs or {}), "lr": lr}
         if optim is None:
             optim = JointAdam({"lr": 1e-3, **(optim_kwargs or {})}, warmup_steps=lr_warmup_steps)
         super().__init__(*args, optim=optim, **kwargs)
