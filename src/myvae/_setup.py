@@ -31,6 +31,9 @@ __all__ = [
     "SETUP_KEY",
     "bare_anndata",
     "check_setup",
+    "counts_copy",
+    "counts_layer",
+    "is_counts_copy",
     "make_setup_record",
     "model_counts",
     "model_genes_mask",
@@ -118,6 +121,53 @@ def training_anndata(
         obs[batch_key] = batch_labels(adata.obs[batch_key]) if batches is None else batches
     var = pd.DataFrame(index=adata.var_names.copy() if mask is None else adata.var_names[mask])
     return bare_anndata(matrix, obs, var)
+
+
+_COUNTS_COPY = "myvae_counts_copy"
+"""``uns`` key that marks an AnnData made by :func:`counts_copy`."""
+
+
+def counts_copy(adata: AnnData, model_genes: pd.Index, layer: str | None, batch_key: str | None) -> AnnData:
+    """What a model reads of the user's ``adata``: a bare AnnData of its counts of the model's genes, checked.
+
+    The counts are ``layer``'s (``None``: ``X``), of the model's genes (``adata`` may have more, in any places, as
+    long as the model's come in its order); the batch column ``batch_key`` (if ``adata`` has it) and a copy of the
+    other ``obs`` columns come along, so that queries naming a column (e.g. ``sample_key=``) find it. Counts on disk
+    stay there. An :class:`~myvae.InputError` says what is wrong (genes, counts) before anything is read further;
+    ``adata`` itself is never modified.
+    """
+    mask = None
+    if not adata.var_names.equals(model_genes):
+        mask = model_genes_mask(model_genes, adata.var_names)
+        if mask is None:
+            check_same_genes(model_genes, adata.var_names)
+    try:
+        check_setup(adata, layer, None, mask)
+    except InputError as error:
+        raise InputError(
+            f"{error} To use the model on these cells, record where their raw counts are with "
+            "mv.pp.setup_counts(adata, layer=...)."
+        ) from error
+    data = training_anndata(adata, layer, batch_key if batch_key in adata.obs.columns else None, mask=mask)
+    for column in adata.obs.columns.difference(data.obs.columns):
+        data.obs[column] = adata.obs[column].values
+    data.uns[_COUNTS_COPY] = True
+    return data
+
+
+def counts_layer(adata: AnnData, model_layer: str | None) -> str | None:
+    """Where a model finds the raw counts of an AnnData given to it.
+
+    The layer that :func:`myvae.tl.myvae` or :func:`myvae.pp.setup_counts` recorded in ``adata.uns``, else the
+    model's own (``model_layer``, ``None`` for ``X``).
+    """
+    recorded = trained_layer(adata)
+    return recorded if recorded is not None or SETUP_KEY in adata.uns else model_layer
+
+
+def is_counts_copy(adata: AnnData) -> bool:
+    """Whether ``adata`` was made by :func:`counts_copy`."""
+    return bool(adata.uns.get(_COUNTS_COPY, False))
 
 
 def bare_anndata(matrix: Any, obs: pd.DataFrame, var: pd.DataFrame) -> AnnData:

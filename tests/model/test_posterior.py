@@ -1,9 +1,12 @@
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scvi
 import torch
 from helpers import fast_train_kwargs
+from mudata import MuData
+from scipy import sparse
 
 import myvae as mv
 from myvae.module import _base as module_base
@@ -187,3 +190,39 @@ def test_posterior_predictive_sample_of_some_genes(trained, small_adata):
     np.testing.assert_array_equal(chosen, every_gene[:, [7, 2]])
     with pytest.raises(mv.InputError, match="n_samples must be a positive integer, got 0"):
         trained.posterior_predictive_sample(n_samples=0)
+
+
+def test_queries_read_the_counts_of_an_anndata_given_to_them(lognormalised_adata, unchanged):
+    adata = lognormalised_adata  # counts in layers["counts"], log-normalised values in X
+    model = mv.tl.myvae(adata, layer="counts", return_model=True, **fast_train_kwargs(max_epochs=3))
+    scvi.settings.seed = 6
+    on_own_data = model.get_elbo()
+    with unchanged(adata):  # scvi-tools would write its registration into it, and read X
+        scvi.settings.seed = 6
+        on_given = model.get_elbo(adata=adata)
+        latent = model.get_latent_representation(adata=adata)
+        expression = model.get_normalized_expression(adata=adata, indices=[0, 3], n_samples=2)
+    assert on_given == pytest.approx(on_own_data, rel=1e-6)
+    np.testing.assert_allclose(latent, model.get_latent_representation(), rtol=1e-6)
+    assert list(expression.index) == list(adata.obs_names[[0, 3]])
+
+    wider = ad.concat([adata, adata[:, :5]], axis=1, merge="first")  # the model's genes and five more after them
+    wider.var_names_make_unique()
+    wider.layers["counts"] = sparse.hstack([adata.layers["counts"], adata.layers["counts"][:, :5]]).tocsr()
+    mv.pp.setup_counts(wider, layer="counts")  # without tl.myvae's record, the setup record says where counts are
+    scvi.settings.seed = 6
+    assert model.get_elbo(adata=wider) == pytest.approx(on_own_data, rel=1e-6)
+
+    unrecorded = ad.AnnData(adata.X.copy(), obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
+    with pytest.raises(mv.InputError, match="To use the model on these cells, record where their raw counts are"):
+        model.get_elbo(adata=unrecorded)
+    with pytest.raises(mv.InputError, match=r"adata= takes an AnnData .* got MuData"):
+        model.get_elbo(adata=MuData({"rna": adata}))
+
+
+def test_a_query_of_a_model_with_batches_needs_their_column(two_batch_adata):
+    model = mv.tl.myvae(two_batch_adata, batch_key="sample", return_model=True, **fast_train_kwargs(max_epochs=2))
+    without = two_batch_adata.copy()
+    del without.obs["sample"]
+    with pytest.raises(mv.InputError, match=r"trained with batches from obs\['sample'\], and adata.obs has no such"):
+        model.get_elbo(adata=without)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pyro
 import pytest
+import scvi
 import torch
 from helpers import fast_train_kwargs
 
@@ -130,3 +131,16 @@ def test_a_batched_model_saves_loads_and_refuses_unknown_batches(two_batch_adata
     other.obs["sample"] = "donor_c"
     with pytest.raises(InputError, match="batches the model was not trained on \\(donor_c\\)"):
         mv.MyVAE.load(tmp_path / "model", adata=other)
+
+
+def test_load_attaches_to_the_counts_of_the_given_anndata(lognormalised_adata, tmp_path, unchanged):
+    adata = lognormalised_adata  # counts in layers["counts"] (recorded by tl.myvae), log-normalised values in X
+    model = mv.tl.myvae(adata, layer="counts", return_model=True, **fast_train_kwargs(max_epochs=3))
+    model.save(tmp_path / "model")
+    with unchanged(adata):
+        loaded = mv.MyVAE.load(tmp_path / "model", adata=adata, accelerator="cpu")
+    np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(), rtol=1e-6)
+    scvi.settings.seed = 7
+    expected = model.get_elbo()
+    scvi.settings.seed = 7
+    assert loaded.get_elbo() == pytest.approx(expected, rel=1e-6)  # the counts, not X's log-normalised values

@@ -17,13 +17,15 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
 from myvae._batches import batch_code, transform_batches
-from myvae._checks import check_positive_float, check_positive_int, check_same_genes
+from myvae._checks import check_positive_float, check_positive_int
 from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
+from myvae._setup import counts_copy, counts_layer, is_counts_copy
 from myvae.module._base import observed_library
 
 from ._datamodule import batch_codes, in_memory_rows
+from ._quiet import quiet_training_logs
 from ._streaming import streamed_rows
 
 __all__ = ["PosteriorMixin"]
@@ -46,6 +48,32 @@ batch_size
 
 class PosteriorMixin:
     """Posterior queries of a trained model, for a model class with a ``module`` built on the shared networks."""
+
+    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
+        """The AnnData a query reads, registered with the model: its own, or a checked copy of the counts of ``adata``.
+
+        An AnnData other than the model's own is read through a bare copy of its counts of the model's genes (see
+        ``myvae._setup.counts_copy``), from the layer its :func:`~myvae.pp.setup_counts` record or
+        :func:`~myvae.tl.myvae` names, else from the model's own layer, and checked as raw counts first: scvi-tools
+        would read ``X`` whatever it holds, and write its registration into the caller's AnnData.
+        """
+        if adata is None or adata is self.adata or is_counts_copy(adata):
+            return super()._validate_anndata(adata, copy_if_view)
+        if not isinstance(adata, AnnData):
+            raise InputError(
+                f"adata= takes an AnnData with the model's genes (for a MuData, its modality, e.g. mdata['rna']); "
+                f"got {type(adata).__name__}."
+            )
+        setup_args = self.adata_manager.registry["setup_args"]
+        batch_key = setup_args.get("batch_key")
+        if self.n_batch > 1 and batch_key not in adata.obs.columns:
+            raise InputError(
+                f"The model was trained with batches from obs[{batch_key!r}], and adata.obs has no such column; add "
+                "the cells' batches under that name."
+            )
+        data = counts_copy(adata, self.adata.var_names, counts_layer(adata, setup_args.get("layer")), batch_key)
+        with quiet_training_logs():  # scvi-tools' note that it registers the copy
+            return super()._validate_anndata(data, copy_if_view)
 
     def _make_data_loader(
         self,
@@ -92,8 +120,6 @@ class PosteriorMixin:
         batch_size: int | None,
     ) -> np.ndarray:
         """``compute`` of every minibatch of the chosen cells, concatenated (cells first)."""
-        if adata is not None:
-            check_same_genes(self.adata.var_names, adata.var_names)
         minibatches = self._sparse_minibatches(self._validate_anndata(adata), indices, batch_size, views=True)
         self.module.eval()
         device = next(self.module.parameters()).device  # Pyro's module base class has no ``device``
@@ -157,13 +183,14 @@ class PosteriorMixin:
         check_positive_int(n_samples, "n_samples")
         genes = self._chosen_genes(gene_list)
         codes = [batch_code(batch, self.batch_categories, "the model") for batch in transform_batches(transform_batch)]
+        data = self._validate_anndata(adata)
 
         def per_cell(tensors: dict[str, torch.Tensor], code: int | None) -> torch.Tensor:
             rho = self.module.normalized_expression(tensors, n_samples=n_samples, transform_batch=code)
             return rho * observed_library(tensors[REGISTRY_KEYS.X_KEY]) if library_size == "latent" else rho
 
         per_batch = [
-            self._per_cell(lambda tensors, code=code: per_cell(tensors, code), adata, indices, batch_size)
+            self._per_cell(lambda tensors, code=code: per_cell(tensors, code), data, indices, batch_size)
             for code in codes
         ]
         scale = 1.0 if library_size == "latent" else library_size
@@ -172,8 +199,7 @@ class PosteriorMixin:
             expression = expression[:, self._gene_positions(genes)]
         if return_numpy:
             return expression
-        cells = self._validate_anndata(adata).obs_names
-        cells = cells if indices is None else cells[indices]
+        cells = data.obs_names if indices is None else data.obs_names[indices]
         return pd.DataFrame(expression, index=cells, columns=self.adata.var_names if genes is None else genes)
 
     def _gene_positions(self, genes: pd.Index) -> np.ndarray:
@@ -292,11 +318,12 @@ class PosteriorMixin:
     ) -> pd.DataFrame:
         """scvi-tools' :meth:`~scvi.model.base.VAEMixin.differential_abundance`, after checking ``sample_key``.
 
-        The log-density of every cell's embedding under each sample's aggregated posterior (cells × samples), stored
-        in ``obsm["da_log_probs"]`` of the AnnData scored, as scvi-tools does, and returned. A missing or unknown
-        ``sample_key`` is an :class:`~myvae.InputError` before any work (scvi-tools' own method fails with
-        ``KeyError: None``). A model from :meth:`~myvae.MyVAE.from_anndata` has a copy of that AnnData's
-        ``obs`` columns, so ``sample_key`` may name one of them without ``adata=``.
+        The log-density of every cell's embedding under each sample's aggregated posterior (cells × samples),
+        returned (scvi-tools stores it in ``obsm["da_log_probs"]`` of the AnnData it scores; an AnnData given here
+        is read through a copy of its counts and left as it is). A missing or unknown ``sample_key`` is an
+        :class:`~myvae.InputError` before any work (scvi-tools' own method fails with ``KeyError: None``). A model
+        from :meth:`~myvae.MyVAE.from_anndata` has a copy of that AnnData's ``obs`` columns, so ``sample_key`` may
+        name one of them without ``adata=``.
 
         Parameters
         ----------
@@ -307,7 +334,7 @@ class PosteriorMixin:
         **kwargs
             Passed on to scvi-tools' method (``batch_size``, ``num_cells_posterior``, ``dof``, ...).
         """
-        target = self.adata if adata is None else adata
+        target = self._validate_anndata(adata)
         if sample_key is None:
             raise InputError(
                 "differential_abundance needs sample_key=, the adata.obs column that names each cell's sample."
@@ -319,8 +346,10 @@ class PosteriorMixin:
             where = "the model's AnnData's obs" if adata is None else "adata.obs"
             hint = " Pass adata= the AnnData whose obs has it." if adata is None else ""
             raise InputError(f"sample_key={sample_key!r} is not a column of {where} (columns: {columns}).{hint}")
-        super().differential_abundance(adata, sample_key=sample_key, **kwargs)
-        scored = target if kwargs.get("adata_sub") is None else kwargs["adata_sub"]  # scvi-tools 1.5's subset
+        if kwargs.get("adata_sub") is not None:  # scvi-tools 1.5: the cells to score
+            kwargs["adata_sub"] = self._validate_anndata(kwargs["adata_sub"])
+        super().differential_abundance(target, sample_key=sample_key, **kwargs)
+        scored = target if kwargs.get("adata_sub") is None else kwargs["adata_sub"]
         return scored.obsm["da_log_probs"]
 
     @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)

@@ -29,10 +29,9 @@ from anndata import AnnData
 from mudata import MuData
 
 from myvae import _logging as logg
-from myvae._checks import check_same_genes
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
-from myvae._setup import SETUP_KEY, check_setup, model_genes_mask, read_setup, trained_layer, training_anndata
+from myvae._setup import SETUP_KEY, counts_copy, model_genes_mask, read_setup, trained_layer
 
 from ._backends import BACKENDS
 from ._myvae import MyVAE
@@ -144,13 +143,11 @@ def model_from_anndata(
     was subset after training) to a placeholder, as :func:`model_from_record` does without ``adata``.
     """
     payload = _checked(_carried_record(adata, key, "MyVAE.from_anndata"))
-    model_genes, mask = pd.Index(payload["var_names"]), None
-    if not model_genes.equals(adata.var_names):
-        mask = model_genes_mask(model_genes, adata.var_names)
-        if mask is None:
-            logg.info("adata lacks some of the model's genes; the model is attached to a placeholder with its genes.")
-            return _attach(payload, None, accelerator=accelerator, device=device)
-    return _attach(payload, adata, accelerator=accelerator, device=device, layer=trained_layer(adata, key), mask=mask)
+    model_genes = pd.Index(payload["var_names"])
+    if not model_genes.equals(adata.var_names) and model_genes_mask(model_genes, adata.var_names) is None:
+        logg.info("adata lacks some of the model's genes; the model is attached to a placeholder with its genes.")
+        return _attach(payload, None, accelerator=accelerator, device=device)
+    return _attach(payload, adata, accelerator=accelerator, device=device, layer=trained_layer(adata, key))
 
 
 def carried_model(adata: AnnData, func: str) -> MyVAE:
@@ -236,12 +233,11 @@ def _attach(
     accelerator: str,
     device: int | str,
     layer: str | None = None,
-    mask: np.ndarray | None = None,
 ) -> MyVAE:
     """Build the checked model around a new AnnData of ``adata``'s counts, or around a placeholder.
 
-    The counts are in ``layer`` (``None`` takes the setup record's layer, else the model's), of the genes ``mask``
-    selects (``None``: all); counts on disk stay there.
+    The counts are in ``layer`` (``None`` takes the setup record's layer, else the model's), of the model's genes
+    (see :func:`~myvae._setup.counts_copy`); counts on disk stay there.
     """
     setup = payload["setup"]
     if adata is None:
@@ -254,20 +250,9 @@ def _attach(
             f"adata= takes an AnnData with the model's genes (for a MuData, its modality, e.g. mdata['rna']); got "
             f"{type(adata).__name__}."
         )
-    check_same_genes(payload["var_names"], adata.var_names if mask is None else adata.var_names[mask])
     if layer is None:
         layer = read_setup(adata)["layer"] if SETUP_KEY in adata.uns else setup["layer"]
-    try:
-        check_setup(adata, layer, None, mask)
-    except InputError as error:
-        raise InputError(
-            f"{error} To attach the model to these cells, record where their raw counts are with "
-            "mv.pp.setup_counts(adata, layer=...)."
-        ) from error
-    batch_key = setup["batch_key"] if setup["batch_key"] in adata.obs.columns else None
-    data = training_anndata(adata, layer, batch_key, mask=mask)
-    for column in adata.obs.columns.difference(data.obs.columns):  # e.g. sample_key= of differential_abundance
-        data.obs[column] = adata.obs[column].values
+    data = counts_copy(adata, pd.Index(payload["var_names"]), layer, setup["batch_key"])
     return _build(payload, data, accelerator=accelerator, device=device)
 
 

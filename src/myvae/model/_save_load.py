@@ -25,7 +25,7 @@ from myvae._batches import batch_labels
 from myvae._checks import check_same_genes
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
-from myvae._setup import bare_anndata
+from myvae._setup import bare_anndata, counts_copy, counts_layer
 
 from ._backends import BACKENDS
 
@@ -227,16 +227,18 @@ class SaveLoadMixin:
 
         The weights file is read with ``torch.load(..., weights_only=True)``: a file that holds anything but
         tensors and plain data — a pickle that could run code — is refused with an :class:`~myvae.InputError`
-        before any of it runs. For a model trained with batches, ``adata.obs[batch_key]`` must hold only the
-        model's batches; it is made categorical with the model's batches, in the model's order.
+        before any of it runs. The model is attached to a checked copy of ``adata``'s counts of its genes, from the
+        layer that ``adata``'s :func:`~myvae.pp.setup_counts` or :func:`~myvae.tl.myvae` record names, else from
+        the model's own; ``adata`` itself is not modified. For a model trained with batches,
+        ``adata.obs[batch_key]`` must hold only the model's batches.
 
         Parameters
         ----------
         dir_path
             Folder written by :meth:`save`.
         adata
-            Data to attach, with the model's genes in the model's order; ``None`` uses the AnnData saved with the
-            model (``save_anndata=True``).
+            Data to attach, with the model's genes in the model's order (other genes may come between them);
+            ``None`` uses the AnnData saved with the model (``save_anndata=True``).
         prefix
             Prefix given to :meth:`save`.
         {load_device}
@@ -252,7 +254,12 @@ class SaveLoadMixin:
                     f"The model in {str(dir_path)!r} was saved without its data; pass adata= with the model's genes."
                 )
             adata = read_h5ad(adata_path(dir_path, prefix))
-        check_same_genes(pd.Index(saved["var_names"]), adata.var_names)
+            check_same_genes(pd.Index(saved["var_names"]), adata.var_names)
+        else:  # the caller's: attach the model to a checked copy of its counts, from the layer they are in
+            setup = saved["setup"]
+            layer = counts_layer(adata, setup.get("layer"))
+            adata = counts_copy(adata, pd.Index(saved["var_names"]), layer, setup.get("batch_key"))
+            saved = {**saved, "setup": {**setup, "layer": None}}
         backend = saved["init_params"]["backend"]
         if backend not in BACKENDS:
             raise InputError(
