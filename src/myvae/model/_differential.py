@@ -26,11 +26,15 @@ import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 
+from myvae._checks import check_positive_float, check_positive_int
+from myvae._exceptions import InputError
+
 from ._streaming import streamed_rows
 
 __all__ = [
     "DEFAULT_N_SAMPLES",
     "Comparison",
+    "check_options",
     "differential_expression",
     "expected_fdr",
     "log_odds",
@@ -52,6 +56,32 @@ class Comparison:
     name: str
     cells: np.ndarray
     reference_cells: np.ndarray
+
+
+def check_options(
+    mode: Any,
+    delta: Any,
+    n_samples: Any,
+    fdr: Any,
+    batch_correction: Any,
+    random_state: Any,
+    *,
+    fdr_name: str = "fdr",
+) -> None:
+    """Raise an :class:`~myvae.InputError` for a bad option of :func:`differential_expression`.
+
+    ``fdr_name`` is what the caller calls the FDR target (scvi-tools: ``fdr_target``).
+    """
+    if mode not in ("change", "vanilla"):
+        raise InputError(f"mode must be 'change' or 'vanilla', got {mode!r}.")
+    check_positive_float(delta, "delta")
+    check_positive_int(n_samples, "n_samples")
+    if isinstance(fdr, bool) or not isinstance(fdr, int | float | np.number) or not 0 < fdr < 1:
+        raise InputError(f"{fdr_name} must be a number between 0 and 1 (exclusive), e.g. 0.05; got {fdr!r}.")
+    if not isinstance(batch_correction, bool | np.bool_):
+        raise InputError(f"batch_correction must be True or False, got {batch_correction!r}.")
+    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
+        raise InputError(f"random_state must be a non-negative integer, got {random_state!r}.")
 
 
 def pseudocount_for(n_genes: int) -> float:

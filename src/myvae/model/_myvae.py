@@ -44,6 +44,7 @@ from ._defaults import (
     MAX_EPOCHS_DOC,
     TrainingSettings,
 )
+from ._differential_method import DifferentialExpressionMixin
 from ._early_stopping import PlateauStopping, check_early_stopping
 from ._guards import interrupts_stay_interrupts
 from ._posterior import PosteriorMixin
@@ -97,7 +98,7 @@ def train_keywords() -> frozenset[str]:
     return frozenset(own) | trainer_keywords()
 
 
-class MyVAE(PosteriorMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
+class MyVAE(PosteriorMixin, DifferentialExpressionMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
     """The simple scVI model, trained with the PyTorch or the Pyro backend.
 
     This is the advanced interface; :func:`myvae.tl.myvae` wraps it in one call. Both backends share the networks

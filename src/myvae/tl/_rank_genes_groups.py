@@ -17,7 +17,6 @@ from myvae._batches import batch_labels, check_batch_values
 from myvae._checks import (
     check_key_added,
     check_keywords,
-    check_positive_float,
     check_positive_int,
 )
 from myvae._counts import get_counts_matrix
@@ -29,6 +28,7 @@ from myvae.model import MyVAE
 from myvae.model._differential import (
     DEFAULT_N_SAMPLES,
     Comparison,
+    check_options,
     differential_expression,
     pseudocount_for,
     ranking,
@@ -177,18 +177,10 @@ def _refuse_scanpy_keywords(keywords: dict[str, Any]) -> None:
 def _check_options(
     mode: Any, delta: Any, n_samples: Any, fdr: Any, batch_correction: Any, random_state: Any, n_genes: Any, pts: Any
 ) -> None:
-    if mode not in ("change", "vanilla"):
-        raise InputError(f"mode must be 'change' or 'vanilla', got {mode!r}.")
-    check_positive_float(delta, "delta")
-    check_positive_int(n_samples, "n_samples")
-    if isinstance(fdr, bool) or not isinstance(fdr, int | float | np.number) or not 0 < fdr < 1:
-        raise InputError(f"fdr must be a number between 0 and 1 (exclusive), e.g. 0.05; got {fdr!r}.")
-    for name, value in (("batch_correction", batch_correction), ("pts", pts)):
-        if not isinstance(value, bool | np.bool_):
-            raise InputError(f"{name} must be True or False, got {value!r}.")
+    check_options(mode, delta, n_samples, fdr, batch_correction, random_state)
+    if not isinstance(pts, bool | np.bool_):
+        raise InputError(f"pts must be True or False, got {pts!r}.")
     check_positive_int(n_genes, "n_genes", allow_none=True)
-    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
-        raise InputError(f"random_state must be a non-negative integer, got {random_state!r}.")
 
 
 def _trained_model(adata: AnnData, model: Any) -> MyVAE:
