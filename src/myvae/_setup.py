@@ -45,6 +45,9 @@ __all__ = [
 SETUP_KEY = "myvae_setup"
 """Key of ``adata.uns`` where :func:`myvae.pp.setup_counts` records its choices."""
 
+_COUNTS_COPY = "myvae_counts_copy"
+"""``uns`` key that marks the package's own AnnData of checked counts (:func:`training_anndata`)."""
+
 
 def make_setup_record(layer: str | None, batch_key: str | None) -> dict[str, str]:
     """The record :func:`myvae.pp.setup_counts` writes; h5ad cannot store None, so unset choices are left out."""
@@ -120,11 +123,9 @@ def training_anndata(
     if batch_key is not None:
         obs[batch_key] = batch_labels(adata.obs[batch_key]) if batches is None else batches
     var = pd.DataFrame(index=adata.var_names.copy() if mask is None else adata.var_names[mask])
-    return bare_anndata(matrix, obs, var)
-
-
-_COUNTS_COPY = "myvae_counts_copy"
-"""``uns`` key that marks an AnnData made by :func:`counts_copy`."""
+    data = bare_anndata(matrix, obs, var)
+    data.uns[_COUNTS_COPY] = True  # its X holds checked counts: a model reads it as it is (is_counts_copy)
+    return data
 
 
 def counts_copy(adata: AnnData, model_genes: pd.Index, layer: str | None, batch_key: str | None) -> AnnData:
@@ -151,7 +152,6 @@ def counts_copy(adata: AnnData, model_genes: pd.Index, layer: str | None, batch_
     data = training_anndata(adata, layer, batch_key if batch_key in adata.obs.columns else None, mask=mask)
     for column in adata.obs.columns.difference(data.obs.columns):
         data.obs[column] = adata.obs[column].values
-    data.uns[_COUNTS_COPY] = True
     return data
 
 
@@ -166,7 +166,7 @@ def counts_layer(adata: AnnData, model_layer: str | None) -> str | None:
 
 
 def is_counts_copy(adata: AnnData) -> bool:
-    """Whether ``adata`` was made by :func:`counts_copy`."""
+    """Whether ``adata`` was made by :func:`training_anndata` (or :func:`counts_copy`), its ``X`` checked counts."""
     return bool(adata.uns.get(_COUNTS_COPY, False))
 
 

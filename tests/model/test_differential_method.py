@@ -47,7 +47,10 @@ def test_every_group_or_a_reference_and_cells_by_index(annotated, model):
     by_group = model.differential_expression(groupby="cell_type", group1="NK", n_samples=DRAWS)
     np.testing.assert_array_equal(by_cells["lfc_mean"], by_group["lfc_mean"])
     assert set(by_cells["comparison"]) == {"idx1 vs Rest"}
-    first, second = np.flatnonzero(annotated.obs["cell_type"] == "NK"), np.flatnonzero(annotated.obs["cell_type"] == "B")
+    first, second = (
+        np.flatnonzero(annotated.obs["cell_type"] == "NK"),
+        np.flatnonzero(annotated.obs["cell_type"] == "B"),
+    )
     by_indices = model.differential_expression(idx1=first, idx2=second, n_samples=DRAWS)
     by_groups = model.differential_expression(groupby="cell_type", group1="NK", group2="B", n_samples=DRAWS)
     np.testing.assert_array_equal(by_indices["lfc_mean"], by_groups["lfc_mean"])
