@@ -122,7 +122,7 @@ class PosteriorMixin:
         """``compute`` of every minibatch of the chosen cells, concatenated (cells first)."""
         minibatches = self._sparse_minibatches(self._validate_anndata(adata), indices, batch_size, views=True)
         self.module.eval()
-        device = next(self.module.parameters()).device  # Pyro's module base class has no ``device``
+        device = next(self.module.parameters()).device  # a registered backend's module may have no ``device``
         with torch.inference_mode():
             parts = [compute(_on_device(tensors, device)).cpu().numpy() for tensors in minibatches]
         return np.concatenate(parts, axis=0)
