@@ -224,5 +224,8 @@ def test_a_query_of_a_model_with_batches_needs_their_column(two_batch_adata):
     model = mv.tl.myvae(two_batch_adata, batch_key="sample", return_model=True, **fast_train_kwargs(max_epochs=2))
     without = two_batch_adata.copy()
     del without.obs["sample"]
-    with pytest.raises(mv.InputError, match=r"trained with batches from obs\['sample'\], and adata.obs has no such"):
+    message = r"trained with batches from obs\['sample'\], and these cells' obs has no such column. Add each cell's"
+    with pytest.raises(mv.InputError, match=message):
         model.get_elbo(adata=without)
+    with pytest.raises(mv.InputError, match=r"mdata\['rna'\].obs\['sample'\] = mdata.obs\['sample'\].reindex"):
+        mv.MyVAE.from_anndata(without)  # e.g. a MuData's modality, the batches a column of mdata.obs

@@ -188,7 +188,10 @@ def test_from_anndata_returns_the_carried_model_attached_to_the_carrying_counts(
         mv.MyVAE.from_anndata(carrier, key="other")
     no_batches = carrier.copy()
     del no_batches.obs["sample"]
-    with unchanged(no_batches), pytest.raises(InputError, match=r"batches from obs\['sample'\]; the data have no such"):
+    with (
+        unchanged(no_batches),
+        pytest.raises(InputError, match=r"batches from obs\['sample'\], and these cells' obs has no such"),
+    ):
         model_from_record(no_batches.uns["myvae"]["model"], no_batches)
 
 

@@ -26,6 +26,7 @@ from myvae.module._base import observed_library
 
 from ._datamodule import batch_codes, in_memory_rows
 from ._quiet import quiet_training_logs
+from ._save_load import missing_batches
 from ._streaming import streamed_rows
 
 __all__ = ["PosteriorMixin"]
@@ -67,10 +68,7 @@ class PosteriorMixin:
         setup_args = self.adata_manager.registry["setup_args"]
         batch_key = setup_args.get("batch_key")
         if self.n_batch > 1 and batch_key not in adata.obs.columns:
-            raise InputError(
-                f"The model was trained with batches from obs[{batch_key!r}], and adata.obs has no such column; add "
-                "the cells' batches under that name."
-            )
+            raise InputError(missing_batches(batch_key))
         data = counts_copy(adata, self.adata.var_names, counts_layer(adata, setup_args.get("layer")), batch_key)
         with quiet_training_logs():  # scvi-tools' note that it registers the copy
             return super()._validate_anndata(data, copy_if_view)

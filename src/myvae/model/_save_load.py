@@ -144,6 +144,15 @@ def placeholder_anndata(var_names: Sequence[str], batch_key: str | None, batch_c
     return bare_anndata(np.zeros((1, len(var_names)), dtype=np.float32), obs, pd.DataFrame(index=pd.Index(var_names)))
 
 
+def missing_batches(batch_key: str) -> str:
+    """The message for cells without the batch column of the model, with how to add it (also from a MuData)."""
+    return (
+        f"The model was trained with batches from obs[{batch_key!r}], and these cells' obs has no such column. Add "
+        "each cell's batch under that name; for a MuData's modality whose batches are a column of mdata.obs, e.g. "
+        f"`mdata['rna'].obs[{batch_key!r}] = mdata.obs[{batch_key!r}].reindex(mdata['rna'].obs_names)`."
+    )
+
+
 def restore_model(
     cls: type[MyVAE], payload: dict[str, Any], adata: AnnData, *, accelerator: str, device: int | str
 ) -> MyVAE:
@@ -158,9 +167,7 @@ def restore_model(
     batch_key = setup.get("batch_key")
     if batch_key is not None:
         if batch_key not in adata.obs.columns:
-            raise InputError(
-                f"The model was trained with batches from obs[{batch_key!r}]; the data have no such column."
-            )
+            raise InputError(missing_batches(batch_key))
         adata.obs[batch_key] = batch_labels(adata.obs[batch_key], setup["batch_categories"])
     cls.setup_anndata(adata, layer=setup.get("layer"), batch_key=batch_key)
     model = cls(adata, **payload["init_params"])
