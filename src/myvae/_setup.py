@@ -32,9 +32,9 @@ __all__ = [
     "bare_anndata",
     "check_setup",
     "counts_copy",
-    "counts_layer",
     "is_counts_copy",
     "make_setup_record",
+    "missing_batches",
     "model_counts",
     "model_genes_mask",
     "read_setup",
@@ -128,20 +128,33 @@ def training_anndata(
     return data
 
 
-def counts_copy(adata: AnnData, model_genes: pd.Index, layer: str | None, batch_key: str | None) -> AnnData:
+def counts_copy(
+    adata: Any, model_genes: pd.Index, model_layer: str | None, batch_key: str | None, *, key: str = "myvae"
+) -> AnnData:
     """What a model reads of the user's ``adata``: a bare AnnData of its counts of the model's genes, checked.
 
-    The counts are ``layer``'s (``None``: ``X``), of the model's genes (``adata`` may have more, in any places, as
-    long as the model's come in its order); the batch column ``batch_key`` (if ``adata`` has it) and a copy of the
-    other ``obs`` columns come along, so that queries naming a column (e.g. ``sample_key=``) find it. Counts on disk
-    stay there. An :class:`~myvae.InputError` says what is wrong (genes, counts) before anything is read further;
-    ``adata`` itself is never modified.
+    The counts are in the layer that ``adata``'s record of :func:`myvae.tl.myvae` (under ``key``) or of
+    :func:`myvae.pp.setup_counts` names, else in the model's (``model_layer``, ``None`` for ``X``); of the model's
+    genes (``adata`` may have more, in any places, as long as the model's come in its order). The batch column
+    ``batch_key`` (``None`` for a model without one) and a copy of the other ``obs`` columns come along, so that
+    queries naming a column (e.g. ``sample_key=``) find it. Counts on disk stay there. An
+    :class:`~myvae.InputError` says what is wrong (not an AnnData, genes, batches, counts) before anything is read
+    further; ``adata`` itself is never modified.
     """
+    if not isinstance(adata, AnnData):
+        raise InputError(
+            f"adata= takes an AnnData with the model's genes (for a MuData, its modality, e.g. mdata['rna']); got "
+            f"{type(adata).__name__}."
+        )
+    if batch_key is not None and batch_key not in adata.obs.columns:
+        raise InputError(missing_batches(batch_key))
     mask = None
     if not adata.var_names.equals(model_genes):
         mask = model_genes_mask(model_genes, adata.var_names)
         if mask is None:
             check_same_genes(model_genes, adata.var_names)
+    recorded = trained_layer(adata, key)
+    layer = recorded if recorded is not None or SETUP_KEY in adata.uns else model_layer
     try:
         check_setup(adata, layer, None, mask)
     except InputError as error:
@@ -149,20 +162,19 @@ def counts_copy(adata: AnnData, model_genes: pd.Index, layer: str | None, batch_
             f"{error} To use the model on these cells, record where their raw counts are with "
             "mv.pp.setup_counts(adata, layer=...)."
         ) from error
-    data = training_anndata(adata, layer, batch_key if batch_key in adata.obs.columns else None, mask=mask)
+    data = training_anndata(adata, layer, batch_key, mask=mask)
     for column in adata.obs.columns.difference(data.obs.columns):
         data.obs[column] = adata.obs[column].values
     return data
 
 
-def counts_layer(adata: AnnData, model_layer: str | None) -> str | None:
-    """Where a model finds the raw counts of an AnnData given to it.
-
-    The layer that :func:`myvae.tl.myvae` or :func:`myvae.pp.setup_counts` recorded in ``adata.uns``, else the
-    model's own (``model_layer``, ``None`` for ``X``).
-    """
-    recorded = trained_layer(adata)
-    return recorded if recorded is not None or SETUP_KEY in adata.uns else model_layer
+def missing_batches(batch_key: str) -> str:
+    """The message for cells without the batch column of the model, with how to add it (also from a MuData)."""
+    return (
+        f"The model was trained with batches from obs[{batch_key!r}], and these cells' obs has no such column. Add "
+        "each cell's batch under that name; for a MuData's modality whose batches are a column of mdata.obs, e.g. "
+        f"`mdata['rna'].obs[{batch_key!r}] = mdata.obs[{batch_key!r}].reindex(mdata['rna'].obs_names)`."
+    )
 
 
 def is_counts_copy(adata: AnnData) -> bool:

@@ -21,12 +21,11 @@ from myvae._checks import check_positive_float, check_positive_int
 from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
-from myvae._setup import counts_copy, counts_layer, is_counts_copy
+from myvae._setup import counts_copy, is_counts_copy
 from myvae.module._base import observed_library
 
 from ._datamodule import batch_codes, in_memory_rows
 from ._quiet import quiet_training_logs
-from ._save_load import missing_batches
 from ._streaming import streamed_rows
 
 __all__ = ["PosteriorMixin"]
@@ -60,16 +59,8 @@ class PosteriorMixin:
         """
         if adata is None or adata is self.adata or is_counts_copy(adata):
             return super()._validate_anndata(adata, copy_if_view)
-        if not isinstance(adata, AnnData):
-            raise InputError(
-                f"adata= takes an AnnData with the model's genes (for a MuData, its modality, e.g. mdata['rna']); "
-                f"got {type(adata).__name__}."
-            )
         setup_args = self.adata_manager.registry["setup_args"]
-        batch_key = setup_args.get("batch_key")
-        if self.n_batch > 1 and batch_key not in adata.obs.columns:
-            raise InputError(missing_batches(batch_key))
-        data = counts_copy(adata, self.adata.var_names, counts_layer(adata, setup_args.get("layer")), batch_key)
+        data = counts_copy(adata, self.adata.var_names, setup_args.get("layer"), setup_args.get("batch_key"))
         with quiet_training_logs():  # scvi-tools' note that it registers the copy
             return super()._validate_anndata(data, copy_if_view)
 

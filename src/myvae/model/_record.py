@@ -31,7 +31,7 @@ from mudata import MuData
 from myvae import _logging as logg
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
-from myvae._setup import SETUP_KEY, counts_copy, model_genes_mask, read_setup, trained_layer
+from myvae._setup import counts_copy, model_genes_mask
 
 from ._backends import BACKENDS
 from ._myvae import MyVAE
@@ -104,8 +104,9 @@ def model_from_record(
         ``adata.uns[key]["model"]``, in memory or read back from an h5ad/h5mu file.
     adata
         Cells to attach, with the model's genes in the model's order. The model gets a new AnnData around their
-        counts (the layer recorded by :func:`~myvae.pp.setup_counts`; without that record, the model's layer, else
-        ``X``) and, for a model trained with batches, their batch column; ``adata`` itself is not modified. ``None``
+        counts (the layer their :func:`~myvae.tl.myvae` or :func:`~myvae.pp.setup_counts` record names; without
+        one, the model's layer, else ``X``) and, for a model trained with batches, their batch column; ``adata``
+        itself is not modified. ``None``
         attaches a placeholder with the model's genes and one empty cell: pass cells to the model's methods then,
         e.g. ``model.get_latent_representation(new_cells)``, or embed them with ``mv.tl.myvae(new_cells, model=...)``.
     {load_device}
@@ -147,7 +148,7 @@ def model_from_anndata(
     if not model_genes.equals(adata.var_names) and model_genes_mask(model_genes, adata.var_names) is None:
         logg.info("adata lacks some of the model's genes; the model is attached to a placeholder with its genes.")
         return _attach(payload, None, accelerator=accelerator, device=device)
-    return _attach(payload, adata, accelerator=accelerator, device=device, layer=trained_layer(adata, key))
+    return _attach(payload, adata, accelerator=accelerator, device=device, key=key)
 
 
 def carried_model(adata: AnnData, func: str) -> MyVAE:
@@ -232,12 +233,12 @@ def _attach(
     *,
     accelerator: str,
     device: int | str,
-    layer: str | None = None,
+    key: str = "myvae",
 ) -> MyVAE:
     """Build the checked model around a new AnnData of ``adata``'s counts, or around a placeholder.
 
-    The counts are in ``layer`` (``None`` takes the setup record's layer, else the model's), of the model's genes
-    (see :func:`~myvae._setup.counts_copy`); counts on disk stay there.
+    The counts are in the layer ``adata``'s records name (``key``: its ``tl.myvae`` record), else the model's, of
+    the model's genes (see :func:`~myvae._setup.counts_copy`); counts on disk stay there.
     """
     setup = payload["setup"]
     if adata is None:
@@ -245,14 +246,7 @@ def _attach(
         with warnings.catch_warnings():  # scvi-tools' warning that one cell is too few to train on
             warnings.filterwarnings("ignore", message=r"Category .* has fewer than 3 cells")
             return _build(payload, data, accelerator=accelerator, device=device)
-    if not isinstance(adata, AnnData):
-        raise InputError(
-            f"adata= takes an AnnData with the model's genes (for a MuData, its modality, e.g. mdata['rna']); got "
-            f"{type(adata).__name__}."
-        )
-    if layer is None:
-        layer = read_setup(adata)["layer"] if SETUP_KEY in adata.uns else setup["layer"]
-    data = counts_copy(adata, pd.Index(payload["var_names"]), layer, setup["batch_key"])
+    data = counts_copy(adata, pd.Index(payload["var_names"]), setup["layer"], setup["batch_key"], key=key)
     return _build(payload, data, accelerator=accelerator, device=device)
 
 

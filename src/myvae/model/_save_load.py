@@ -25,7 +25,7 @@ from myvae._batches import batch_labels
 from myvae._checks import check_same_genes
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
-from myvae._setup import bare_anndata, counts_copy, counts_layer
+from myvae._setup import bare_anndata, counts_copy, missing_batches
 
 from ._backends import BACKENDS
 
@@ -144,15 +144,6 @@ def placeholder_anndata(var_names: Sequence[str], batch_key: str | None, batch_c
     return bare_anndata(np.zeros((1, len(var_names)), dtype=np.float32), obs, pd.DataFrame(index=pd.Index(var_names)))
 
 
-def missing_batches(batch_key: str) -> str:
-    """The message for cells without the batch column of the model, with how to add it (also from a MuData)."""
-    return (
-        f"The model was trained with batches from obs[{batch_key!r}], and these cells' obs has no such column. Add "
-        "each cell's batch under that name; for a MuData's modality whose batches are a column of mdata.obs, e.g. "
-        f"`mdata['rna'].obs[{batch_key!r}] = mdata.obs[{batch_key!r}].reindex(mdata['rna'].obs_names)`."
-    )
-
-
 def restore_model(
     cls: type[MyVAE], payload: dict[str, Any], adata: AnnData, *, accelerator: str, device: int | str
 ) -> MyVAE:
@@ -264,8 +255,7 @@ class SaveLoadMixin:
             check_same_genes(pd.Index(saved["var_names"]), adata.var_names)
         else:  # the caller's: attach the model to a checked copy of its counts, from the layer they are in
             setup = saved["setup"]
-            layer = counts_layer(adata, setup.get("layer"))
-            adata = counts_copy(adata, pd.Index(saved["var_names"]), layer, setup.get("batch_key"))
+            adata = counts_copy(adata, pd.Index(saved["var_names"]), setup.get("layer"), setup.get("batch_key"))
             saved = {**saved, "setup": {**setup, "layer": None}}
         backend = saved["init_params"]["backend"]
         if backend not in BACKENDS:
