@@ -9,14 +9,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from mudata import MuData
 
 from myvae._checks import check_obs_key
+from myvae._data import obs_column, obs_columns_listing
 from myvae._exceptions import InputError
 from myvae._wording import counted
 
 __all__ = [
     "MAX_NUMERIC_BATCHES",
     "batch_code",
+    "batch_column",
     "batch_labels",
     "check_batch_column",
     "check_batch_values",
@@ -123,3 +126,20 @@ def batch_code(batch: str | int | None, categories: Sequence[str], source: str) 
     if str(batch) not in categories:
         raise InputError(f"transform_batch={batch!r} is not a batch of {source}: {list(categories)}.")
     return list(categories).index(str(batch))
+
+
+def batch_column(
+    adata: AnnData, mdata: MuData | None, mod: str | None, key: str, model_batch_key: str | None = None
+) -> pd.Series:
+    """The batch of each cell of ``adata``: its ``obs`` column ``key``, found as :func:`obs_column` finds it."""
+    column = obs_column(adata, mdata, mod, key)
+    if column is None:
+        where, listed = obs_columns_listing(adata, mdata, mod)
+        if key == model_batch_key:
+            raise InputError(
+                f"The model was trained with batches from obs[{key!r}], and {where} has no such column (columns: "
+                f"{listed}); pass batch_key= naming the column that holds these cells' batches."
+            )
+        raise InputError(f"batch_key={key!r} is not a column of {where} (columns: {listed}).")
+    check_batch_values(column, key)
+    return column

@@ -7,13 +7,21 @@ from typing import Any
 
 import mudata
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
 from myvae._checks import check_anndata
 from myvae._exceptions import InputError
 
-__all__ = ["copy_data", "modality_columns_stay", "resolve_data", "write_aligned_obsm"]
+__all__ = [
+    "copy_data",
+    "modality_columns_stay",
+    "obs_column",
+    "obs_columns_listing",
+    "resolve_data",
+    "write_aligned_obsm",
+]
 
 
 def modality_columns_stay() -> AbstractContextManager:
@@ -87,3 +95,26 @@ def write_aligned_obsm(mdata: MuData, adata: AnnData, key: str, values: np.ndarr
     aligned = np.full((mdata.n_obs, *values.shape[1:]), np.nan, dtype=values.dtype)
     aligned[rows] = values
     mdata.obsm[key] = aligned
+
+
+def obs_column(adata: AnnData, mdata: MuData | None, mod: str | None, key: str) -> pd.Series | None:
+    """A per-cell column of ``adata``: ``adata.obs[key]``, or for a MuData's modality one of ``mdata.obs``.
+
+    In a MuData, ``key`` may name a column of the modality, a column of ``mdata.obs`` (its global columns, such as
+    clusters of a joint embedding, or ``"rna:sample"`` as muon names the modality's columns there), or
+    ``"rna:sample"`` for the modality's ``sample``. ``None`` if there is no such column.
+    """
+    if key in adata.obs.columns:
+        return adata.obs[key]
+    if mdata is not None and key in mdata.obs.columns:
+        return mdata.obs[key].reindex(adata.obs_names)
+    if mdata is not None and key.startswith(f"{mod}:") and key.removeprefix(f"{mod}:") in adata.obs.columns:
+        return adata.obs[key.removeprefix(f"{mod}:")]
+    return None
+
+
+def obs_columns_listing(adata: AnnData, mdata: MuData | None, mod: str | None) -> tuple[str, str]:
+    """Where :func:`obs_column` looks and the columns it finds there, for a message."""
+    where = "adata.obs" if mdata is None else f"mdata[{mod!r}].obs or mdata.obs"
+    columns = list(adata.obs.columns) + ([] if mdata is None else list(mdata.obs.columns))
+    return where, ", ".join(map(repr, dict.fromkeys(columns))) or "none"

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from mudata import MuData
 from scipy import sparse
 
-from myvae._batches import batch_labels, check_batch_column
+from myvae._batches import batch_labels, check_batch_column, check_batch_values
 from myvae._checks import check_same_genes
 from myvae._counts import (
     check_counts,
@@ -25,6 +26,7 @@ from myvae._counts import (
     raw_counts_advice,
     select_genes,
 )
+from myvae._data import obs_column
 from myvae._exceptions import InputError
 
 __all__ = [
@@ -129,15 +131,23 @@ def training_anndata(
 
 
 def counts_copy(
-    adata: Any, model_genes: pd.Index, model_layer: str | None, batch_key: str | None, *, key: str = "myvae"
+    adata: Any,
+    model_genes: pd.Index,
+    model_layer: str | None,
+    batch_key: str | None,
+    *,
+    key: str = "myvae",
+    mdata: MuData | None = None,
+    mod: str | None = None,
 ) -> AnnData:
     """What a model reads of the user's ``adata``: a bare AnnData of its counts of the model's genes, checked.
 
     The counts are in the layer that ``adata``'s record of :func:`myvae.tl.myvae` (under ``key``) or of
     :func:`myvae.pp.setup_counts` names, else in the model's (``model_layer``, ``None`` for ``X``); of the model's
     genes (``adata`` may have more, in any places, as long as the model's come in its order). The batch column
-    ``batch_key`` (``None`` for a model without one) and a copy of the other ``obs`` columns come along, so that
-    queries naming a column (e.g. ``sample_key=``) find it. Counts on disk stay there. An
+    ``batch_key`` (``None`` for a model without one; for ``adata`` the modality ``mod`` of ``mdata``, also found in
+    ``mdata.obs``, as :func:`~myvae._data.obs_column` finds it) and a copy of the other ``obs`` columns come along,
+    so that queries naming a column (e.g. ``sample_key=``) find it. Counts on disk stay there. An
     :class:`~myvae.InputError` says what is wrong (not an AnnData, genes, batches, counts) before anything is read
     further; ``adata`` itself is never modified.
     """
@@ -146,8 +156,11 @@ def counts_copy(
             f"adata= takes an AnnData with the model's genes (for a MuData, its modality, e.g. mdata['rna']); got "
             f"{type(adata).__name__}."
         )
-    if batch_key is not None and batch_key not in adata.obs.columns:
-        raise InputError(missing_batches(batch_key))
+    batches = None if batch_key is None else obs_column(adata, mdata, mod, batch_key)
+    if batch_key is not None:
+        if batches is None:
+            raise InputError(missing_batches(batch_key))
+        check_batch_values(batches, batch_key)
     mask = None
     if not adata.var_names.equals(model_genes):
         mask = model_genes_mask(model_genes, adata.var_names)
@@ -162,7 +175,8 @@ def counts_copy(
             f"{error} To use the model on these cells, record where their raw counts are with "
             "mv.pp.setup_counts(adata, layer=...)."
         ) from error
-    data = training_anndata(adata, layer, batch_key, mask=mask)
+    labels = None if batches is None else batch_labels(batches)
+    data = training_anndata(adata, layer, batch_key, batches=labels, mask=mask)
     for column in adata.obs.columns.difference(data.obs.columns):
         data.obs[column] = adata.obs[column].values
     return data
@@ -172,8 +186,10 @@ def missing_batches(batch_key: str) -> str:
     """The message for cells without the batch column of the model, with how to add it (also from a MuData)."""
     return (
         f"The model was trained with batches from obs[{batch_key!r}], and these cells' obs has no such column. Add "
-        "each cell's batch under that name; for a MuData's modality whose batches are a column of mdata.obs, e.g. "
-        f"`mdata['rna'].obs[{batch_key!r}] = mdata.obs[{batch_key!r}].reindex(mdata['rna'].obs_names)`."
+        "each cell's batch under that name; for a MuData's modality whose batches are a column of mdata.obs, pass "
+        "the MuData with mod= to MyVAE.from_anndata or MyVAE.load (e.g. `mv.MyVAE.from_anndata(mdata, mod='rna')`), "
+        f"or add the column: `mdata['rna'].obs[{batch_key!r}] = "
+        f"mdata.obs[{batch_key!r}].reindex(mdata['rna'].obs_names)`."
     )
 
 

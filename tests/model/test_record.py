@@ -102,9 +102,39 @@ def test_a_mudata_modality_carries_the_model_through_h5mu(tmp_path):
     before = fingerprint(new_cells)
     with pytest.raises(InputError, match=r"for a MuData pass its modality, e.g. mdata\['rna'\]"):
         mv.tl.myvae(new_cells, model=reread, key_added="again")
-    with pytest.raises(InputError, match="for a MuData pass its modality"):
+    with pytest.raises(InputError, match="got a MuData; pass mod= naming the modality"):
         mv.MyVAE.from_anndata(reread)
     assert fingerprint(new_cells) == before
+    by_modality = mv.MyVAE.from_anndata(reread, mod="rna")
+    np.testing.assert_allclose(by_modality.get_latent_representation(), mdata["rna"].obsm["X_myvae"], rtol=0, atol=1e-6)
+
+
+def test_from_anndata_and_load_find_the_batches_of_a_modality_in_the_mudata_obs(small_adata, tmp_path):
+    """Trained with batch_key naming a column of mdata.obs, the model is got back from the MuData with mod=."""
+    mdata = md.MuData({"rna": small_adata})
+    mdata.obs["donor"] = np.where(np.arange(mdata.n_obs) % 3 == 0, "d1", "d2")
+    mv.tl.myvae(mdata, mod="rna", batch_key="donor", **fast_train_kwargs(max_epochs=2))
+    assert "donor" not in mdata["rna"].obs
+    before = fingerprint(mdata["rna"])
+
+    with pytest.raises(InputError, match=r"pass the MuData with mod= to MyVAE.from_anndata or MyVAE.load"):
+        mv.MyVAE.from_anndata(mdata["rna"])
+    model = mv.MyVAE.from_anndata(mdata, mod="rna")
+    assert model.adata.obs["donor"].astype(str).tolist() == mdata.obs["donor"].tolist()
+    np.testing.assert_allclose(model.get_latent_representation(), mdata["rna"].obsm["X_myvae"], rtol=0, atol=1e-6)
+
+    model.save(tmp_path / "model")
+    loaded = mv.MyVAE.load(tmp_path / "model", adata=mdata, mod="rna")
+    np.testing.assert_allclose(loaded.get_latent_representation(), mdata["rna"].obsm["X_myvae"], rtol=0, atol=1e-6)
+    assert fingerprint(mdata["rna"]) == before and "donor" not in mdata["rna"].obs
+
+    with pytest.raises(InputError, match="adata= is not given; pass the MuData"):
+        mv.MyVAE.load(tmp_path / "model", mod="rna")
+    with pytest.raises(InputError, match="applies to a MuData, but MyVAE.from_anndata got an AnnData"):
+        mv.MyVAE.from_anndata(mdata["rna"], mod="rna")
+    mdata.obs.loc[mdata.obs_names[:5], "donor"] = np.nan
+    with pytest.raises(InputError, match=r"batch_key='donor': 5 cells without a batch \(NaN\)"):
+        mv.MyVAE.from_anndata(mdata, mod="rna")
 
 
 def test_store_model_false_leaves_the_model_out(small_adata, new_cells, tmp_path, unchanged):

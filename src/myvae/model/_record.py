@@ -29,6 +29,7 @@ from anndata import AnnData
 from mudata import MuData
 
 from myvae import _logging as logg
+from myvae._data import resolve_data
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
 from myvae._setup import counts_copy, model_genes_mask
@@ -135,7 +136,12 @@ def model_from_record(
 
 
 def model_from_anndata(
-    adata: AnnData, key: str = "myvae", *, accelerator: str = "auto", device: int | str = "auto"
+    data: AnnData | MuData,
+    key: str = "myvae",
+    *,
+    mod: str | None = None,
+    accelerator: str = "auto",
+    device: int | str = "auto",
 ) -> MyVAE:
     """The model ``adata.uns[key]["model"]`` holds, attached to ``adata``'s counts if it has the model's genes.
 
@@ -143,12 +149,13 @@ def model_from_anndata(
     (``mask_var``), it is attached to those genes of ``adata``; without some of the model's genes (e.g. the AnnData
     was subset after training) to a placeholder, as :func:`model_from_record` does without ``adata``.
     """
+    adata, mdata = resolve_data(data, mod, "MyVAE.from_anndata")
     payload = _checked(_carried_record(adata, key, "MyVAE.from_anndata"))
     model_genes = pd.Index(payload["var_names"])
     if not model_genes.equals(adata.var_names) and model_genes_mask(model_genes, adata.var_names) is None:
         logg.info("adata lacks some of the model's genes; the model is attached to a placeholder with its genes.")
         return _attach(payload, None, accelerator=accelerator, device=device)
-    return _attach(payload, adata, accelerator=accelerator, device=device, key=key)
+    return _attach(payload, adata, accelerator=accelerator, device=device, key=key, mdata=mdata, mod=mod)
 
 
 def carried_model(adata: AnnData, func: str) -> MyVAE:
@@ -234,11 +241,14 @@ def _attach(
     accelerator: str,
     device: int | str,
     key: str = "myvae",
+    mdata: MuData | None = None,
+    mod: str | None = None,
 ) -> MyVAE:
     """Build the checked model around a new AnnData of ``adata``'s counts, or around a placeholder.
 
     The counts are in the layer ``adata``'s records name (``key``: its ``tl.myvae`` record), else the model's, of
-    the model's genes (see :func:`~myvae._setup.counts_copy`); counts on disk stay there.
+    the model's genes (see :func:`~myvae._setup.counts_copy`, which also finds the batches of a MuData's modality
+    ``mod`` in ``mdata.obs``); counts on disk stay there.
     """
     setup = payload["setup"]
     if adata is None:
@@ -246,7 +256,8 @@ def _attach(
         with warnings.catch_warnings():  # scvi-tools' warning that one cell is too few to train on
             warnings.filterwarnings("ignore", message=r"Category .* has fewer than 3 cells")
             return _build(payload, data, accelerator=accelerator, device=device)
-    data = counts_copy(adata, pd.Index(payload["var_names"]), setup["layer"], setup["batch_key"], key=key)
+    genes = pd.Index(payload["var_names"])
+    data = counts_copy(adata, genes, setup["layer"], setup["batch_key"], key=key, mdata=mdata, mod=mod)
     return _build(payload, data, accelerator=accelerator, device=device)
 
 

@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData, read_h5ad
+from mudata import MuData
 from scvi.model._utils import parse_device_args
 
 from myvae._batches import batch_labels
 from myvae._checks import check_same_genes
+from myvae._data import resolve_data
 from myvae._docs import LOAD_DEVICE, doc_params
 from myvae._exceptions import InputError
 from myvae._setup import bare_anndata, counts_copy, missing_batches
@@ -215,8 +217,9 @@ class SaveLoadMixin:
     def load(
         cls,
         dir_path: str | Path,
-        adata: AnnData | None = None,
+        adata: AnnData | MuData | None = None,
         *,
+        mod: str | None = None,
         prefix: str | None = None,
         accelerator: str = "auto",
         device: int | str = "auto",
@@ -236,7 +239,10 @@ class SaveLoadMixin:
             Folder written by :meth:`save`.
         adata
             Data to attach, with the model's genes in the model's order (other genes may come between them);
-            ``None`` uses the AnnData saved with the model (``save_anndata=True``).
+            ``None`` uses the AnnData saved with the model (``save_anndata=True``). A MuData with ``mod``.
+        mod
+            For a MuData: the modality that holds the counts; the model's batch column may be one of the modality's
+            or of ``mdata.obs``.
         prefix
             Prefix given to :meth:`save`.
         {load_device}
@@ -247,6 +253,8 @@ class SaveLoadMixin:
         """
         saved = read_model_file(dir_path, prefix)
         if adata is None:
+            if mod is not None:
+                raise InputError(f"mod={mod!r} names a modality of adata=, but adata= is not given; pass the MuData.")
             if not adata_path(dir_path, prefix).is_file():
                 raise InputError(
                     f"The model in {str(dir_path)!r} was saved without its data; pass adata= with the model's genes."
@@ -255,7 +263,9 @@ class SaveLoadMixin:
             check_same_genes(pd.Index(saved["var_names"]), adata.var_names)
         else:  # the caller's: attach the model to a checked copy of its counts, from the layer they are in
             setup = saved["setup"]
-            adata = counts_copy(adata, pd.Index(saved["var_names"]), setup.get("layer"), setup.get("batch_key"))
+            adata, mdata = resolve_data(adata, mod, "MyVAE.load")
+            genes = pd.Index(saved["var_names"])
+            adata = counts_copy(adata, genes, setup.get("layer"), setup.get("batch_key"), mdata=mdata, mod=mod)
             saved = {**saved, "setup": {**setup, "layer": None}}
         backend = saved["init_params"]["backend"]
         if backend not in BACKENDS:
@@ -268,7 +278,13 @@ class SaveLoadMixin:
     @classmethod
     @doc_params(load_device=LOAD_DEVICE)
     def from_anndata(
-        cls, adata: AnnData, key: str = "myvae", *, accelerator: str = "auto", device: int | str = "auto"
+        cls,
+        adata: AnnData | MuData,
+        key: str = "myvae",
+        *,
+        mod: str | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
     ) -> Self:
         """The model an AnnData carries in ``adata.uns[key]["model"]`` (written by :func:`myvae.tl.myvae`).
 
@@ -283,10 +299,14 @@ class SaveLoadMixin:
         Parameters
         ----------
         adata
-            AnnData written by ``mv.tl.myvae(adata, key_added=key)`` (for a MuData, its modality), in this session or
-            read back from an h5ad/h5mu file.
+            AnnData written by ``mv.tl.myvae(adata, key_added=key)``, or a MuData written by
+            ``mv.tl.myvae(mdata, mod=..., key_added=key)`` with the same ``mod``, in this session or read back from an
+            h5ad/h5mu file.
         key
             The ``key_added`` it was trained with.
+        mod
+            For a MuData: the modality the model was trained on (it carries the model); the model's batch column may
+            be one of the modality's or of ``mdata.obs``, as in training.
         {load_device}
 
         Returns
@@ -295,4 +315,4 @@ class SaveLoadMixin:
         """
         from ._record import model_from_anndata  # the record module builds models of this class
 
-        return model_from_anndata(adata, key, accelerator=accelerator, device=device)
+        return model_from_anndata(adata, key, mod=mod, accelerator=accelerator, device=device)

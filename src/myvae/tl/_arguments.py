@@ -16,7 +16,7 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
-from myvae._batches import check_batch_values
+from myvae._batches import batch_column
 from myvae._checks import (
     MIN_CELLS,
     check_accelerator,
@@ -188,43 +188,3 @@ def resolve_inputs(
             "(10% of the cells are kept aside to score the model). Pass more cells."
         )
     return Inputs(layer, batch_key, batches, mask_param, mask)
-
-
-def batch_column(
-    adata: AnnData, mdata: MuData | None, mod: str | None, key: str, model_batch_key: str | None = None
-) -> pd.Series:
-    """The batch of each cell of ``adata``: its ``obs`` column ``key``, found as :func:`obs_column` finds it."""
-    column = obs_column(adata, mdata, mod, key)
-    if column is None:
-        where, listed = obs_columns_listing(adata, mdata, mod)
-        if key == model_batch_key:
-            raise InputError(
-                f"The model was trained with batches from obs[{key!r}], and {where} has no such column (columns: "
-                f"{listed}); pass batch_key= naming the column that holds these cells' batches."
-            )
-        raise InputError(f"batch_key={key!r} is not a column of {where} (columns: {listed}).")
-    check_batch_values(column, key)
-    return column
-
-
-def obs_column(adata: AnnData, mdata: MuData | None, mod: str | None, key: str) -> pd.Series | None:
-    """A per-cell column of ``adata``: ``adata.obs[key]``, or for a MuData's modality one of ``mdata.obs``.
-
-    In a MuData, ``key`` may name a column of the modality, a column of ``mdata.obs`` (its global columns, such as
-    clusters of a joint embedding, or ``"rna:sample"`` as muon names the modality's columns there), or
-    ``"rna:sample"`` for the modality's ``sample``. ``None`` if there is no such column.
-    """
-    if key in adata.obs.columns:
-        return adata.obs[key]
-    if mdata is not None and key in mdata.obs.columns:
-        return mdata.obs[key].reindex(adata.obs_names)
-    if mdata is not None and key.startswith(f"{mod}:") and key.removeprefix(f"{mod}:") in adata.obs.columns:
-        return adata.obs[key.removeprefix(f"{mod}:")]
-    return None
-
-
-def obs_columns_listing(adata: AnnData, mdata: MuData | None, mod: str | None) -> tuple[str, str]:
-    """Where :func:`obs_column` looks and the columns it finds there, for a message."""
-    where = "adata.obs" if mdata is None else f"mdata[{mod!r}].obs or mdata.obs"
-    columns = list(adata.obs.columns) + ([] if mdata is None else list(mdata.obs.columns))
-    return where, ", ".join(map(repr, dict.fromkeys(columns))) or "none"

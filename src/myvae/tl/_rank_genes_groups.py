@@ -20,7 +20,7 @@ from myvae._checks import (
     check_positive_int,
 )
 from myvae._counts import get_counts_matrix
-from myvae._data import copy_data, resolve_data
+from myvae._data import copy_data, obs_column, obs_columns_listing, resolve_data
 from myvae._exceptions import InputError
 from myvae._setup import model_counts, trained_layer
 from myvae._wording import counted
@@ -35,7 +35,6 @@ from myvae.model._differential import (
 )
 from myvae.model._record import carried_model
 
-from ._arguments import obs_column, obs_columns_listing
 from ._expressing import expressing_fractions
 
 __all__ = ["rank_genes_groups"]
