@@ -84,7 +84,9 @@ def batch_labels(column: pd.Series, categories: Sequence[str] | None = None) -> 
         if unknown:
             raise InputError(
                 f"obs[{column.name!r}] holds batches the model was not trained on ({', '.join(unknown)}); the model "
-                f"knows {list(categories)}. Train a model on these batches."
+                f"knows {list(categories)}. To embed these cells, use mv.tl.myvae(adata, model=model) (the encoder "
+                "does not read the batch); to decode their batches, map them with "
+                "mv.MyVAE.load_query_data(adata, model) and train that model, or train a model on these batches."
             )
     return pd.Categorical(labels, categories=list(categories))
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import scvi
+import torch
 from anndata import AnnData
 from lightning.pytorch.callbacks import Callback
 from scvi import REGISTRY_KEYS
@@ -48,6 +49,7 @@ from ._differential_method import DifferentialExpressionMixin
 from ._early_stopping import PlateauStopping, check_early_stopping
 from ._guards import interrupts_stay_interrupts
 from ._posterior import PosteriorMixin
+from ._query import FrozenReference, QueryMixin
 from ._quiet import quiet_training_logs
 from ._row_loops_warm_up import LoadRowLoops
 from ._save_load import SaveLoadMixin
@@ -98,7 +100,7 @@ def train_keywords() -> frozenset[str]:
     return frozenset(own) | trainer_keywords()
 
 
-class MyVAE(PosteriorMixin, DifferentialExpressionMixin, SaveLoadMixin, VAEMixin, BaseModelClass):
+class MyVAE(PosteriorMixin, DifferentialExpressionMixin, SaveLoadMixin, QueryMixin, VAEMixin, BaseModelClass):
     """The simple scVI model, trained with the PyTorch or the Pyro backend.
 
     This is the advanced interface; :func:`myvae.tl.myvae` wraps it in one call. Both backends share the networks
@@ -149,6 +151,7 @@ class MyVAE(PosteriorMixin, DifferentialExpressionMixin, SaveLoadMixin, VAEMixin
         )
         self.init_params_ = self._get_init_params(locals())
         self.restored_epoch_: int | None = None
+        self.frozen_: dict[str, torch.Tensor] | None = None  # a query model's frozen weights (load_query_data)
 
     @property
     def n_batch(self) -> int:
@@ -296,8 +299,12 @@ class MyVAE(PosteriorMixin, DifferentialExpressionMixin, SaveLoadMixin, VAEMixin
                 devices=settings.devices,
                 early_stopping=False,  # the rule of PlateauStopping instead
                 enable_progress_bar=progress,
-                callbacks=[LoadRowLoops(), *stopping, *(callbacks or [])],
+                callbacks=[LoadRowLoops(), *self._frozen_reference(), *stopping, *(callbacks or [])],
                 **{"check_val_every_n_epoch": 1, **settings.trainer_kwargs},
             )
             runner()
         self.restored_epoch_ = None if best_epoch is None else best_epoch.epoch
+
+    def _frozen_reference(self) -> list[Callback]:
+        """For a query model (:meth:`load_query_data`), the callback that keeps its frozen weights; else none."""
+        return [] if self.frozen_ is None else [FrozenReference(self.module, self.frozen_)]
