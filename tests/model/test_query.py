@@ -66,7 +66,9 @@ def test_a_saved_reference_gives_the_same_query_model_and_unfrozen_trains_everyt
 
     start = {name: value.clone() for name, value in from_object.module.state_dict().items()}
     from_object.train(**{**fast_train_kwargs(max_epochs=2), "early_stopping": False})
-    assert not torch.equal(start["networks.z_mean_encoder.0.weight"], from_object.module.state_dict()["networks.z_mean_encoder.0.weight"])
+    assert not torch.equal(
+        start["networks.z_mean_encoder.0.weight"], from_object.module.state_dict()["networks.z_mean_encoder.0.weight"]
+    )
 
 
 def test_a_reference_of_one_batch_decodes_it_as_before(small_adata):

@@ -47,6 +47,7 @@ from ._defaults import (
 )
 from ._differential_method import DifferentialExpressionMixin
 from ._early_stopping import PlateauStopping, check_early_stopping
+from ._generative import GenerativeQueriesMixin
 from ._guards import interrupts_stay_interrupts
 from ._posterior import PosteriorMixin
 from ._query import FrozenReference, QueryMixin
@@ -100,7 +101,15 @@ def train_keywords() -> frozenset[str]:
     return frozenset(own) | trainer_keywords()
 
 
-class MyVAE(PosteriorMixin, DifferentialExpressionMixin, SaveLoadMixin, QueryMixin, VAEMixin, BaseModelClass):
+class MyVAE(
+    PosteriorMixin,
+    GenerativeQueriesMixin,
+    DifferentialExpressionMixin,
+    SaveLoadMixin,
+    QueryMixin,
+    VAEMixin,
+    BaseModelClass,
+):
     """The simple scVI model, trained with the PyTorch or the Pyro backend.
 
     This is the advanced interface; :func:`myvae.tl.myvae` wraps it in one call. Both backends share the networks

@@ -28,9 +28,9 @@ from ._datamodule import batch_codes, in_memory_rows
 from ._quiet import quiet_training_logs
 from ._streaming import streamed_rows
 
-__all__ = ["PosteriorMixin"]
+__all__ = ["BATCH_SIZE_DOC", "CELLS_DOC", "PosteriorMixin"]
 
-_CELLS = """
+CELLS_DOC = """
 adata
     Cells with the model's genes; ``None`` uses the training data.
 indices
@@ -40,7 +40,7 @@ _GENE_LIST = """
 gene_list
     Genes to return (names among the model's genes, in the order given); ``None`` returns all.
 """
-_BATCH_SIZE = """
+BATCH_SIZE_DOC = """
 batch_size
     Cells per minibatch; ``None`` uses scvi-tools' default.
 """
@@ -132,7 +132,7 @@ class PosteriorMixin:
             lambda tensors: networks.posterior_mean(tensors[REGISTRY_KEYS.X_KEY]), adata, None, batch_size
         )
 
-    @doc_params(cells=_CELLS, gene_list=_GENE_LIST, batch_size=_BATCH_SIZE)
+    @doc_params(cells=CELLS_DOC, gene_list=_GENE_LIST, batch_size=BATCH_SIZE_DOC)
     def get_normalized_expression(
         self,
         adata: AnnData | None = None,
@@ -222,7 +222,7 @@ class PosteriorMixin:
             )
         return genes
 
-    @doc_params(cells=_CELLS, gene_list=_GENE_LIST, batch_size=_BATCH_SIZE)
+    @doc_params(cells=CELLS_DOC, gene_list=_GENE_LIST, batch_size=BATCH_SIZE_DOC)
     def posterior_predictive_sample(
         self,
         adata: AnnData | None = None,
@@ -256,7 +256,7 @@ class PosteriorMixin:
 
         return self._per_cell(draws, adata, indices, batch_size)
 
-    @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)
+    @doc_params(cells=CELLS_DOC, batch_size=BATCH_SIZE_DOC)
     def get_elbo(
         self, adata: AnnData | None = None, indices: Sequence[int] | None = None, *, batch_size: int | None = None
     ) -> float:
@@ -272,7 +272,7 @@ class PosteriorMixin:
         )
         return -float(np.mean(terms))
 
-    @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)
+    @doc_params(cells=CELLS_DOC, batch_size=BATCH_SIZE_DOC)
     def get_marginal_ll(
         self,
         adata: AnnData | None = None,
@@ -344,7 +344,7 @@ class PosteriorMixin:
         scored = target if kwargs.get("adata_sub") is None else kwargs["adata_sub"]
         return scored.obsm["da_log_probs"]
 
-    @doc_params(cells=_CELLS, batch_size=_BATCH_SIZE)
+    @doc_params(cells=CELLS_DOC, batch_size=BATCH_SIZE_DOC)
     def get_reconstruction_error(
         self, adata: AnnData | None = None, indices: Sequence[int] | None = None, *, batch_size: int | None = None
     ) -> dict[str, float]:

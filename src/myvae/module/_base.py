@@ -145,9 +145,32 @@ class SharedNetworksMixin:
 
         With ``transform_batch`` (a batch code), every cell is decoded as if it came from that batch.
         """
+        rho = self.expression_draws(tensors, n_samples=n_samples, transform_batch=transform_batch)
+        return rho if n_samples == 1 else rho.mean(dim=0)
+
+    @torch.inference_mode()
+    def expression_draws(
+        self, tensors: dict[str, torch.Tensor], n_samples: int = 1, transform_batch: int | None = None
+    ) -> torch.Tensor:
+        r"""The expression proportions :math:`\rho` for ``n_samples`` draws of z (a leading sample dimension if > 1).
+
+        With ``transform_batch`` (a batch code), every cell is decoded as if it came from that batch.
+        """
         outputs = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
         batch_index = batch_of(tensors)
         if transform_batch is not None and batch_index is not None:
             batch_index = torch.full_like(batch_index, transform_batch)
-        rho = self.networks.log_rho(outputs["z"], batch_index).exp()
-        return rho if n_samples == 1 else rho.mean(dim=0)
+        return self.networks.log_rho(outputs["z"], batch_index).exp()
+
+    @torch.inference_mode()
+    def likelihood_parameters(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> dict[str, torch.Tensor]:
+        r"""The mean :math:`l\rho` and inverse dispersion :math:`\theta` of :math:`p(x \mid z, l, s)` for draws of z.
+
+        Both are cells × genes (with a leading sample dimension when ``n_samples > 1``), :math:`\theta` repeated for
+        every cell. They are read from :meth:`likelihood` (its ``mean`` and ``log_theta``), so a module that
+        overrides it gives its own.
+        """
+        outputs = self.inference(**self._get_inference_input(tensors), n_samples=n_samples)
+        px = self.likelihood(outputs["z"], outputs["library"], batch_of(tensors))
+        mean = px.mean
+        return {"mean": mean, "dispersions": px.log_theta.exp().expand_as(mean)}
