@@ -94,3 +94,53 @@ def test_the_pyro_plan_takes_a_learning_rate_as_scvi_tools_plan_does():
     module = mv.module.PyroVAEModule(20)
     plan = ValidatedPyroTrainingPlan(module, optim_kwargs={"lr": 1e-3, "betas": (0.8, 0.9)}, lr=5e-3)
     assert plan.optim.pt_optim_args == {"lr": 5e-3, "betas": (0.8, 0.9)}
+
+
+def test_the_model_refuses_scvi_tools_model_options_with_what_it_is(small_adata):
+    mv.MyVAE.setup_anndata(small_adata)
+    with pytest.raises(mv.InputError, match="MyVAE takes no gene_likelihood=: myvae is the simple scVI model"):
+        mv.MyVAE(small_adata, gene_likelihood="nb")
+    with pytest.raises(mv.InputError, match="MyVAE takes no n_layers=.*deeper networks"):
+        mv.MyVAE(small_adata, n_layers=2)
+    with pytest.raises(mv.InputError, match="MyVAE got an unknown keyword argument 'n_latents'; did you mean"):
+        mv.MyVAE(small_adata, n_latents=5)
+    with pytest.raises(mv.InputError, match="Unknown backend 'numpyro'"):
+        mv.MyVAE(small_adata, backend="numpyro")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"train_size": 1.5}, r"train_size must be a fraction of the cells, a number in \(0, 1\], got 1.5"),
+        ({"train_size": 0}, "train_size must be a fraction"),
+        ({"train_size": "0.9"}, "train_size must be a fraction"),
+        ({"validation_size": 0.0}, "validation_size must be a fraction"),
+        ({"train_size": 1.0}, "leaves none of the 80 cells out to score the model, which early stopping needs"),
+        ({"train_size": 0.99}, "leaves none of the 80 cells out"),
+        ({"train_size": 0.8, "validation_size": 0.1}, "leave 0.1 of the cells for a test set, which myvae does not"),
+        ({"max_epochs": 0}, "max_epochs must be a positive integer or None, got 0"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"lr": -1.0}, "lr must be a finite number greater than 0, got -1.0"),
+        ({"shuffle_set_split": False}, "takes no shuffle_set_split=: the held-out cells are train_size="),
+        ({"load_sparse_tensor": True}, "takes no load_sparse_tensor=: minibatches are always read as sparse CSR"),
+        ({"datasplitter_kwargs": {}}, "takes no datasplitter_kwargs="),
+    ],
+)
+def test_train_refuses_bad_values_before_any_work(small_adata, kwargs, message):
+    mv.MyVAE.setup_anndata(small_adata)
+    model = mv.MyVAE(small_adata)
+    with pytest.raises(mv.InputError, match=message):
+        model.train(**{"max_epochs": 1, "progress": False, **kwargs})
+    assert model.history_ is None and not model.is_trained_
+
+
+def test_train_splits_the_cells_by_validation_size_as_scvi_tools_does(small_adata):
+    mv.MyVAE.setup_anndata(small_adata)
+    model = mv.MyVAE(small_adata)
+    model.train(max_epochs=1, batch_size=32, validation_size=0.25, progress=False, accelerator="cpu")
+    assert (len(model.train_indices_), len(model.validation_indices_)) == (60, 20)
+    assert model.training_settings_.train_size == 0.75
+    model.train(max_epochs=1, batch_size=32, train_size=0.5, validation_size=0.5, progress=False, accelerator="cpu")
+    assert len(model.validation_indices_) == 40
+    model.train(max_epochs=1, batch_size=32, train_size=1.0, early_stopping=False, progress=False, accelerator="cpu")
+    assert len(model.validation_indices_) == 0

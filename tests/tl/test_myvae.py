@@ -103,6 +103,20 @@ def test_unknown_backend_lists_the_choices(small_adata, unchanged):
         mv.tl.myvae(small_adata, backend="jax")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"train_size": 1.5}, "train_size must be a fraction of the cells"),
+        ({"train_size": 1.0}, "leaves none of the 80 cells out to score the model"),
+        ({"gene_likelihood": "nb"}, "takes no gene_likelihood=: myvae is the simple scVI model"),
+        ({"shuffle_set_split": False}, "takes no shuffle_set_split="),
+    ],
+)
+def test_training_options_out_of_range_are_refused_before_any_work(small_adata, unchanged, kwargs, message):
+    with unchanged(small_adata), pytest.raises(mv.InputError, match=message):
+        mv.tl.myvae(small_adata, progress=False, **kwargs)
+
+
 def test_too_few_cells(small_adata):
     tiny = small_adata[:5].copy()
     with pytest.raises(mv.InputError, match=r"5 cells; training needs at least 10"):

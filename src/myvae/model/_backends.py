@@ -17,6 +17,7 @@ import pyro
 from pyro.infer import TraceMeanField_ELBO
 from scvi.module.base import BaseModuleClass, PyroBaseModuleClass
 
+from myvae._exceptions import InputError
 from myvae.module import PyroVAEModule, TorchVAEModule
 
 from ._defaults import ADAM_SETTINGS
@@ -66,10 +67,10 @@ def register_backend(name: str, module_cls: type) -> None:
 
 
 def check_backend(backend: str) -> None:
-    """Raise a :class:`ValueError` listing the choices if ``backend`` is not one of :data:`BACKENDS`."""
+    """Raise an :class:`~myvae.InputError` listing the choices if ``backend`` is not one of :data:`BACKENDS`."""
     if backend not in BACKENDS:
         choices = ", ".join(repr(name) for name in BACKENDS)
-        raise ValueError(f"Unknown backend {backend!r}; choose one of {choices}.")
+        raise InputError(f"Unknown backend {backend!r}; choose one of {choices}.")
 
 
 def _nothing_to_reset() -> None:

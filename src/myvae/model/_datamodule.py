@@ -12,6 +12,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from math import ceil
+from numbers import Real
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -20,6 +22,9 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 
 from myvae._docs import doc_params
+from myvae._exceptions import InputError
+
+from ._defaults import DEFAULT_TRAIN_SIZE
 
 SPLIT_DOC = """
 batch_index
@@ -43,8 +48,41 @@ __all__ = [
     "float32_csr",
     "in_memory_rows",
     "process_share",
+    "resolve_train_size",
     "split_indices",
 ]
+
+
+def resolve_train_size(
+    n_obs: int, train_size: Any, validation_size: Any = None, *, early_stopping: bool = True
+) -> float:
+    """The fraction of cells to train on, checked against ``n_obs`` before any work.
+
+    ``train_size`` and scvi-tools' ``validation_size`` are fractions; ``None`` for both gives
+    :data:`~myvae.model.DEFAULT_TRAIN_SIZE`, one of them alone the complement of the other. There is no test set,
+    so given together they must add up to 1. At least one cell is trained on, and with early stopping at least one
+    is held out to score the model. An :class:`~myvae.InputError` says what to change otherwise.
+    """
+    for value, name in ((train_size, "train_size"), (validation_size, "validation_size")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Real) or not 0 < value <= 1):
+            raise InputError(f"{name} must be a fraction of the cells, a number in (0, 1], got {value!r}.")
+    if train_size is not None and validation_size is not None and not np.isclose(train_size + validation_size, 1):
+        raise InputError(
+            f"train_size={train_size} and validation_size={validation_size} leave {1 - train_size - validation_size:g} "
+            "of the cells for a test set, which myvae does not keep: the held-out cells are all the cells not trained "
+            "on. Pass one of them."
+        )
+    if train_size is None:
+        train_size = DEFAULT_TRAIN_SIZE if validation_size is None else 1.0 - validation_size
+    n_train = ceil(train_size * n_obs)
+    if n_train < 1:
+        raise InputError(f"train_size={train_size} trains on no cell of the {n_obs}; raise it (default 0.9).")
+    if early_stopping and n_train == n_obs:
+        raise InputError(
+            f"train_size={train_size} leaves none of the {n_obs} cells out to score the model, which early stopping "
+            "needs; lower it (default 0.9), or pass early_stopping=False to train every epoch on all cells."
+        )
+    return float(train_size)
 
 
 def split_indices(n_obs: int, train_size: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:

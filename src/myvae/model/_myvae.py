@@ -23,7 +23,7 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.train import Trainer, TrainRunner
 
-from myvae._checks import check_accelerator, check_keywords
+from myvae._checks import check_accelerator, check_keywords, check_positive_float, check_positive_int
 from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
@@ -32,14 +32,13 @@ from myvae.module import TorchVAEModule
 from ._allocator import reuse_freed_memory
 from ._backends import BACKENDS, check_backend, several_processes, training_recipe
 from ._best_epoch import BestEpoch
-from ._datamodule import CountsDataModule
+from ._datamodule import CountsDataModule, resolve_train_size
 from ._defaults import (
     BATCH_SIZE_DOC,
     CALLBACKS_DOC,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EARLY_STOPPING_MIN_IMPROVEMENT,
     DEFAULT_EARLY_STOPPING_PATIENCE,
-    DEFAULT_TRAIN_SIZE,
     EARLY_STOPPING_DOC,
     LR_DOC,
     MAX_EPOCHS_DOC,
@@ -54,6 +53,7 @@ from ._query import FrozenReference, QueryMixin
 from ._quiet import quiet_training_logs
 from ._row_loops_warm_up import LoadRowLoops
 from ._save_load import SaveLoadMixin
+from ._scvi_keywords import SCVI_MODEL_KEYWORDS, SCVI_TRAIN_KEYWORDS
 from ._streaming import StreamingCountsDataModule
 
 __all__ = ["MyVAE", "train_keywords", "trainer_keywords"]
@@ -67,17 +67,6 @@ _SET_BY_TRAIN = frozenset(
     | {"early_stopping_monitor", "early_stopping_min_delta", "early_stopping_mode", "early_stopping_warmup_epochs"}
 )
 """Keywords of the trainer that :meth:`MyVAE.train` sets from its own arguments, or refuses."""
-
-_SCVI_TRAIN_KEYWORDS = {
-    "early_stopping_monitor": "early stopping always watches the held-out ELBO ('elbo_validation')",
-    "early_stopping_mode": "early stopping always watches the held-out ELBO ('elbo_validation')",
-    "early_stopping_min_delta": (
-        "an epoch counts as an improvement when it beats the best held-out ELBO by early_stopping_min_improvement, "
-        "a fraction of it (default 0.003), instead of by an absolute amount"
-    ),
-    "early_stopping_warmup_epochs": "early stopping counts from the first epoch; raise early_stopping_patience instead",
-}
-"""Keywords of scvi-tools' ``train`` that :meth:`MyVAE.train` does not take, with what it has instead."""
 
 
 @cache
@@ -143,8 +132,14 @@ class MyVAE(
     _train_runner_cls = TrainRunner
 
     def __init__(
-        self, adata: AnnData | None = None, n_latent: int = 10, n_hidden: int = 128, backend: Backend = "torch"
+        self,
+        adata: AnnData | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        backend: Backend = "torch",
+        **model_kwargs,
     ):
+        check_keywords(model_kwargs, ("adata", "n_latent", "n_hidden", "backend"), "MyVAE", known=SCVI_MODEL_KEYWORDS)
         check_backend(backend)
         super().__init__(adata)
         self.backend = backend
@@ -211,7 +206,8 @@ class MyVAE(
         *,
         lr: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        train_size: float = DEFAULT_TRAIN_SIZE,
+        train_size: float | None = None,
+        validation_size: float | None = None,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         early_stopping: bool = True,
@@ -235,7 +231,11 @@ class MyVAE(
         {lr}
         {batch_size}
         train_size
-            Fraction of the cells to train on; the others give the held-out ELBO (``elbo_validation``).
+            Fraction of the cells to train on; the others give the held-out ELBO (``elbo_validation``). ``None``:
+            ``1 - validation_size``, else 0.9.
+        validation_size
+            Fraction of the cells held out (scvi-tools' name); with ``train_size`` the two must add up to 1, as no
+            test set is kept.
         accelerator
             Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``, …).
         devices
@@ -256,9 +256,14 @@ class MyVAE(
             :class:`~myvae.InputError` naming the valid ones.
         """
         progress = trainer_kwargs.pop("enable_progress_bar", progress)  # scvi-tools' and Lightning's name for it
-        check_keywords(trainer_kwargs, train_keywords(), "MyVAE.train", known=_SCVI_TRAIN_KEYWORDS)
+        check_keywords(trainer_kwargs, train_keywords(), "MyVAE.train", known=SCVI_TRAIN_KEYWORDS)
         check_accelerator(accelerator)
         check_early_stopping(early_stopping, early_stopping_patience, early_stopping_min_improvement)
+        check_positive_int(max_epochs, "max_epochs", allow_none=True)
+        check_positive_int(batch_size, "batch_size")
+        if lr is not None:
+            check_positive_float(lr, "lr")
+        train_size = resolve_train_size(self.adata.n_obs, train_size, validation_size, early_stopping=early_stopping)
         recipe = training_recipe(self.module)
         if not recipe.several_devices and several_processes(devices, trainer_kwargs.get("strategy")):
             raise InputError(

@@ -30,6 +30,7 @@ from myvae._exceptions import InputError
 from myvae._genes import gene_mask
 from myvae._setup import check_setup, read_setup
 from myvae.model._myvae import train_keywords
+from myvae.model._scvi_keywords import SCVI_MODEL_KEYWORDS, SCVI_TRAIN_KEYWORDS
 
 __all__ = ["Inputs", "check_tool_keywords", "check_values", "resolve_inputs"]
 
@@ -38,7 +39,6 @@ _EPOCHS = (
     "the number of epochs is max_epochs= (training stops earlier once the held-out ELBO stops improving; "
     "early_stopping=False trains them all)"
 )
-_SIMPLE_MODEL = "myvae is the simple scVI model, a negative binomial VAE with one hidden layer of n_hidden= units"
 OTHER_TOOLS_KEYWORDS = {
     # scanpy's tools (sc.pp.pca and its like)
     "use_highly_variable": "it is scanpy's older name for mask_var=; the genes of var['highly_variable'] are used "
@@ -48,13 +48,8 @@ OTHER_TOOLS_KEYWORDS = {
     # scvi-tools' SCVI and its train()
     "n_epochs": _EPOCHS,
     "epochs": _EPOCHS,
-    "n_layers": f"{_SIMPLE_MODEL}; scvi-tools' SCVI builds deeper networks",
-    "gene_likelihood": f"{_SIMPLE_MODEL}; for a zero-inflated or a Poisson likelihood use scvi-tools' SCVI",
-    "dispersion": f"{_SIMPLE_MODEL}, with one inverse dispersion per gene (scvi-tools' dispersion='gene')",
-    "dropout_rate": f"{_SIMPLE_MODEL}, without dropout",
-    "use_batch_norm": f"{_SIMPLE_MODEL}, without batch normalisation",
-    "use_layer_norm": f"{_SIMPLE_MODEL}, without layer normalisation",
-    "latent_distribution": f"{_SIMPLE_MODEL}, with a normal latent code",
+    **SCVI_MODEL_KEYWORDS,
+    **SCVI_TRAIN_KEYWORDS,
 }
 """Keywords that scanpy and scvi-tools users bring to :func:`~myvae.tl.myvae`, with why they do not apply."""
 

@@ -29,6 +29,7 @@ from myvae._random import RandomState, preserved_random_state, seed_from, seeded
 from myvae._setup import SETUP_KEY, training_anndata
 from myvae.model import MyVAE
 from myvae.model._backends import check_backend
+from myvae.model._datamodule import resolve_train_size
 from myvae.model._defaults import (
     BATCH_SIZE_DOC,
     CALLBACKS_DOC,
@@ -264,6 +265,8 @@ def myvae(
     )
     extra = {}
     if reused is None:
+        split = {name: train_kwargs.get(name) for name in ("train_size", "validation_size")}
+        resolve_train_size(adata.n_obs, **split, early_stopping=train_kwargs.get("early_stopping", True))
         labels = None if inputs.batches is None else batch_labels(inputs.batches)
         categories = [] if labels is None else list(labels.categories)
         check_transform_batch(transform_batch, categories, f"obs[{inputs.batch_key!r}]")
