@@ -23,6 +23,7 @@ __all__ = [
     "check_positive_float",
     "check_positive_int",
     "check_same_genes",
+    "checked_indices",
 ]
 
 MIN_CELLS = 10
@@ -72,6 +73,26 @@ def check_non_negative_int(value: Any, argument: str, meaning: str = "") -> None
     """
     if not _is_integer_from(value, 0):
         raise InputError(f"{argument} must be an integer of at least 0{meaning}, got {value!r}.")
+
+
+def checked_indices(indices: Any, n_obs: int) -> np.ndarray:
+    """``indices`` of cells as positions, checked: integers within ``n_obs`` (negative from the end), or a mask.
+
+    A boolean mask must have one entry per cell. An :class:`~myvae.InputError` names the first position out of range.
+    """
+    positions = np.asarray(indices)
+    if positions.dtype == bool:
+        if positions.shape != (n_obs,):
+            raise InputError(f"indices: a boolean mask needs one entry per cell ({n_obs}), got {positions.shape}.")
+        return np.flatnonzero(positions)
+    if positions.size == 0:
+        return positions.astype(np.int64).reshape(-1)
+    if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
+        raise InputError(f"indices takes cell positions (a list of integers) or a boolean mask, got {indices!r:.80}.")
+    outside = positions[(positions >= n_obs) | (positions < -n_obs)]
+    if outside.size:
+        raise InputError(f"indices: {outside[0]} is out of range for {n_obs} cells (positions 0 to {n_obs - 1}).")
+    return positions
 
 
 def check_accelerator(accelerator: Any) -> None:

@@ -148,11 +148,23 @@ def test_normalized_expression_at_each_cells_library_and_for_some_genes(trained,
         ({"gene_list": "CD3E"}, r"gene_list takes a list of gene names, got the string 'CD3E'; pass \['CD3E'\]"),
         ({"library_size": "observed"}, 'library_size \\(a number, or "latent"\\) must be a finite number'),
         ({"n_samples": 0}, "n_samples must be a positive integer, got 0"),
+        ({"indices": [0, 80]}, r"indices: 80 is out of range for 80 cells \(positions 0 to 79\)"),
+        ({"indices": np.ones(5, dtype=bool)}, r"a boolean mask needs one entry per cell \(80\), got \(5,\)"),
+        ({"indices": [0.5]}, "indices takes cell positions"),
     ],
 )
 def test_normalized_expression_refuses_bad_arguments(trained, kwargs, message):
     with pytest.raises(mv.InputError, match=message):
         trained.get_normalized_expression(**kwargs)
+
+
+def test_queries_take_indices_as_positions_from_either_end_or_as_a_mask(trained):
+    latent = trained.get_latent_representation()
+    np.testing.assert_allclose(trained.get_latent_representation(indices=[-1, 0]), latent[[-1, 0]], atol=1e-6)
+    mask = np.arange(len(latent)) % 3 == 0
+    np.testing.assert_allclose(trained.get_latent_representation(indices=mask), latent[mask], atol=1e-6)
+    with pytest.raises(mv.InputError, match="indices: -81 is out of range for 80 cells"):
+        trained.get_latent_representation(indices=[-81])
 
 
 @pytest.mark.parametrize("backend", ["torch", "pyro"])

@@ -17,7 +17,7 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
 from myvae._batches import batch_code, batch_labels, transform_batches
-from myvae._checks import check_positive_float, check_positive_int
+from myvae._checks import check_positive_float, check_positive_int, checked_indices
 from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
@@ -98,6 +98,7 @@ class PosteriorMixin:
         """
         manager = self.get_anndata_manager(adata, required=True)
         counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        indices = None if indices is None else checked_indices(indices, counts.shape[0])
         batch_index = manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY) if self.n_batch > 1 else None
         batch_size = batch_size or scvi.settings.batch_size
         if not is_out_of_core(counts):
