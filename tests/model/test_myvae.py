@@ -144,3 +144,32 @@ def test_train_splits_the_cells_by_validation_size_as_scvi_tools_does(small_adat
     assert len(model.validation_indices_) == 40
     model.train(max_epochs=1, batch_size=32, train_size=1.0, early_stopping=False, progress=False, accelerator="cpu")
     assert len(model.validation_indices_) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"categorical_covariate_keys": ["sample"]},
+            "takes no categorical_covariate_keys=: the decoder is conditioned",
+        ),
+        ({"labels_key": "sample"}, "takes no labels_key=: myvae is unsupervised"),
+        ({"size_factor_key": "sample"}, "takes no size_factor_key=: each cell's library size is its observed total"),
+        ({"batch_keys": "sample"}, "got an unknown keyword argument 'batch_keys'; did you mean 'batch_key'"),
+        ({"batch_key": "no-such-column"}, "batch_key='no-such-column' is not a column of adata.obs"),
+        ({"batch_key": "n_counts"}, "batch_key='n_counts' is numeric with 80 distinct values"),
+        ({"layer": "counts"}, "Layer 'counts' does not exist"),
+    ],
+)
+def test_setup_anndata_checks_before_it_registers(small_adata, unchanged, kwargs, message):
+    small_adata.obs["sample"] = np.where(np.arange(small_adata.n_obs) % 2 == 0, "a", "b")
+    small_adata.obs["n_counts"] = np.arange(small_adata.n_obs) * 3
+    with unchanged(small_adata), pytest.raises(mv.InputError, match=message):
+        mv.MyVAE.setup_anndata(small_adata, **kwargs)
+
+
+def test_setup_anndata_refuses_values_that_are_not_counts(lognormalised_adata, unchanged):
+    with unchanged(lognormalised_adata), pytest.raises(mv.InputError, match="adata.X holds non-integer values"):
+        mv.MyVAE.setup_anndata(lognormalised_adata)
+    mv.MyVAE.setup_anndata(lognormalised_adata, layer="counts")  # the counts are in the layer
+    assert mv.MyVAE(lognormalised_adata).adata_manager.registry["setup_args"]["layer"] == "counts"

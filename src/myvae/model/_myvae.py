@@ -23,10 +23,17 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, VAEMixin
 from scvi.train import Trainer, TrainRunner
 
-from myvae._checks import check_accelerator, check_keywords, check_positive_float, check_positive_int
+from myvae._checks import (
+    check_accelerator,
+    check_anndata,
+    check_keywords,
+    check_positive_float,
+    check_positive_int,
+)
 from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
 from myvae._exceptions import InputError
+from myvae._setup import check_setup, is_counts_copy
 from myvae.module import TorchVAEModule
 
 from ._allocator import reuse_freed_memory
@@ -53,7 +60,7 @@ from ._query import FrozenReference, QueryMixin
 from ._quiet import quiet_training_logs
 from ._row_loops_warm_up import LoadRowLoops
 from ._save_load import SaveLoadMixin
-from ._scvi_keywords import SCVI_MODEL_KEYWORDS, SCVI_TRAIN_KEYWORDS
+from ._scvi_keywords import SCVI_MODEL_KEYWORDS, SCVI_SETUP_KEYWORDS, SCVI_TRAIN_KEYWORDS
 from ._streaming import StreamingCountsDataModule
 
 __all__ = ["MyVAE", "train_keywords", "trainer_keywords"]
@@ -67,6 +74,9 @@ _SET_BY_TRAIN = frozenset(
     | {"early_stopping_monitor", "early_stopping_min_delta", "early_stopping_mode", "early_stopping_warmup_epochs"}
 )
 """Keywords of the trainer that :meth:`MyVAE.train` sets from its own arguments, or refuses."""
+
+_REGISTER_KEYWORDS = frozenset({"layer", "batch_key", "source_registry", "extend_categories"})
+"""What :meth:`MyVAE.setup_anndata` takes: its own arguments and those it passes to scvi-tools' registration."""
 
 
 @cache
@@ -170,7 +180,13 @@ class MyVAE(
 
     @classmethod
     def setup_anndata(cls, adata: AnnData, layer: str | None = None, batch_key: str | None = None, **kwargs) -> None:
-        """Register an AnnData whose ``X`` (or ``layers[layer]``) holds raw counts.
+        """Register an AnnData whose ``X`` (or ``layers[layer]``) holds raw counts, after checking them.
+
+        The counts and the batch column get the checks of :func:`myvae.pp.setup_counts` first: values that are not
+        counts (e.g. log-normalised), cells without counts, a missing layer or column, or a numeric batch column
+        that looks continuous are an :class:`~myvae.InputError` that says what to pass, before anything is
+        registered. scvi-tools' other covariates (``categorical_covariate_keys``, ``labels_key``, ...) are refused
+        with what this model does instead.
 
         Parameters
         ----------
@@ -182,8 +198,18 @@ class MyVAE(
             Column of ``obs`` with each cell's batch; the decoder is then conditioned on it. Its categories, in
             order, define the batch codes (scvi-tools adds the codes as ``obs["_scvi_batch"]``).
         **kwargs
-            Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
+            ``source_registry`` and ``extend_categories``, passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
+        check_keywords(kwargs, _REGISTER_KEYWORDS, "MyVAE.setup_anndata", known=SCVI_SETUP_KEYWORDS)
+        if not is_counts_copy(adata):  # the package's own copies were checked when they were made
+            check_setup(check_anndata(adata, "MyVAE.setup_anndata"), layer, batch_key)
+        cls._register_anndata(adata, layer=layer, batch_key=batch_key, **kwargs)
+
+    @classmethod
+    def _register_anndata(
+        cls, adata: AnnData, layer: str | None = None, batch_key: str | None = None, **kwargs
+    ) -> None:
+        """Register ``adata`` with scvi-tools (:meth:`setup_anndata` without its checks)."""
         setup_method_args = cls._get_setup_method_args(**locals())
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),

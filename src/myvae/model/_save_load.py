@@ -162,7 +162,7 @@ def restore_model(
         if batch_key not in adata.obs.columns:
             raise InputError(missing_batches(batch_key))
         adata.obs[batch_key] = batch_labels(adata.obs[batch_key], setup["batch_categories"])
-    cls.setup_anndata(adata, layer=setup.get("layer"), batch_key=batch_key)
+    cls._register_anndata(adata, layer=setup.get("layer"), batch_key=batch_key)
     model = cls(adata, **payload["init_params"])
     model.module.load_state_dict(payload["model_state_dict"])
     model.is_trained_ = payload["is_trained"]

@@ -6,7 +6,7 @@ own explanation instead of a list of the valid keywords. :func:`myvae.tl.myvae` 
 
 from __future__ import annotations
 
-__all__ = ["SCVI_MODEL_KEYWORDS", "SCVI_TRAIN_KEYWORDS"]
+__all__ = ["SCVI_MODEL_KEYWORDS", "SCVI_SETUP_KEYWORDS", "SCVI_TRAIN_KEYWORDS"]
 
 _SIMPLE_MODEL = "myvae is the simple scVI model, a negative binomial VAE with one hidden layer of n_hidden= units"
 
@@ -22,6 +22,16 @@ SCVI_MODEL_KEYWORDS = {
     "encode_covariates": f"{_SIMPLE_MODEL}, whose encoder reads the counts alone; the decoder reads the batch",
 }
 """Arguments of scvi-tools' ``SCVI`` that :class:`~myvae.MyVAE` does not take."""
+
+_COVARIATES = "the decoder is conditioned on one batch column (batch_key=); for more covariates use scvi-tools' SCVI"
+SCVI_SETUP_KEYWORDS = {
+    "categorical_covariate_keys": _COVARIATES,
+    "continuous_covariate_keys": _COVARIATES,
+    "labels_key": "myvae is unsupervised (cell-type labels are scANVI's); compare labelled groups after training "
+    "with mv.tl.rank_genes_groups(adata, groupby=...) or model.differential_expression(groupby=...)",
+    "size_factor_key": "each cell's library size is its observed total count",
+}
+"""Arguments of scvi-tools' ``SCVI.setup_anndata`` that :meth:`~myvae.MyVAE.setup_anndata` does not take."""
 
 _HELD_OUT = "the held-out cells are train_size=' complement, drawn at random (seeded by scvi.settings.seed)"
 SCVI_TRAIN_KEYWORDS = {
