@@ -33,6 +33,7 @@ def test_training_a_query_model_moves_only_the_new_batches_decoder_columns(small
     reference, query = _split(small_adata)
     model = _trained(reference, backend)
     before = fingerprint(query)
+    reference_weights = {name: value.clone() for name, value in model.module.state_dict().items()}
     query_model = mv.MyVAE.load_query_data(query, model)
     assert query_model.batch_categories == ["a", "b", "c"] and not query_model.is_trained_
     start = {name: value.clone() for name, value in query_model.module.state_dict().items()}
@@ -47,6 +48,8 @@ def test_training_a_query_model_moves_only_the_new_batches_decoder_columns(small
         else:
             assert torch.equal(value, trained[name]), name
     assert fingerprint(query) == before
+    for name, value in model.module.state_dict().items():  # the reference model itself is untouched
+        assert torch.equal(value, reference_weights[name]), name
 
     embedded = query.copy()
     mv.tl.myvae(embedded, model=model, progress=False)
