@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from mudata import MuData
 
 from myvae._exceptions import InputError
 
@@ -30,7 +31,7 @@ MIN_CELLS = 10
 """Fewest cells :func:`myvae.tl.myvae` trains on: it keeps 10% of them aside to score the model."""
 
 
-def check_anndata(data: Any, func: str) -> AnnData:
+def check_anndata(data: Any, func: str, *, takes_mudata: bool = True) -> AnnData:
     """Return ``data`` if it is an AnnData; explain what to pass instead otherwise.
 
     Parameters
@@ -39,10 +40,18 @@ def check_anndata(data: Any, func: str) -> AnnData:
         What the user passed as the first argument.
     func
         Name of the public function, for the message.
+    takes_mudata
+        Whether the function also takes a MuData (with ``mod=``); if not, a MuData is told to pass its modality.
     """
     if isinstance(data, AnnData):
         return data
-    raise InputError(f"{func} expects an AnnData or a MuData (cells × genes), got {type(data).__name__}.")
+    if not takes_mudata and isinstance(data, MuData):
+        modalities = ", ".join(repr(name) for name in data.mod) or "none"
+        raise InputError(
+            f"{func} takes an AnnData; for a MuData pass its modality, e.g. mdata['rna'] (modalities: {modalities})."
+        )
+    accepted = "an AnnData or a MuData" if takes_mudata else "an AnnData"
+    raise InputError(f"{func} expects {accepted} (cells × genes), got {type(data).__name__}.")
 
 
 def check_obs_key(adata: AnnData, key: str, argument: str) -> None:

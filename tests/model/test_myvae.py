@@ -173,3 +173,10 @@ def test_setup_anndata_refuses_values_that_are_not_counts(lognormalised_adata, u
         mv.MyVAE.setup_anndata(lognormalised_adata)
     mv.MyVAE.setup_anndata(lognormalised_adata, layer="counts")  # the counts are in the layer
     assert mv.MyVAE(lognormalised_adata).adata_manager.registry["setup_args"]["layer"] == "counts"
+
+
+def test_setup_anndata_of_a_mudata_says_to_pass_its_modality(small_adata):
+    import mudata as md
+
+    with pytest.raises(mv.InputError, match=r"MyVAE.setup_anndata takes an AnnData; for a MuData pass its modality"):
+        mv.MyVAE.setup_anndata(md.MuData({"rna": small_adata}))

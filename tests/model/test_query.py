@@ -1,5 +1,6 @@
 """Reference mapping as scvi-tools does it: load_query_data and prepare_query_anndata."""
 
+import mudata as md
 import numpy as np
 import pytest
 import torch
@@ -100,6 +101,10 @@ def test_load_query_data_refuses_what_it_cannot_map(small_adata, tmp_path):
     model = _trained(reference)
     with pytest.raises(InputError, match="reference_model takes a MyVAE or a folder"):
         mv.MyVAE.load_query_data(query, 3)
+    with pytest.raises(InputError, match=r"takes an AnnData; for a MuData pass its modality, e.g. mdata\['rna'\]"):
+        mv.MyVAE.load_query_data(md.MuData({"rna": query}), model)
+    with pytest.raises(InputError, match="MyVAE.load_query_data expects an AnnData \\(cells × genes\\), got list"):
+        mv.MyVAE.load_query_data([query], model)
     untrained_data = reference.copy()
     mv.MyVAE.setup_anndata(untrained_data)
     with pytest.raises(InputError, match="reference_model is untrained"):

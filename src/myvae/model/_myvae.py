@@ -202,7 +202,7 @@ class MyVAE(
         """
         check_keywords(kwargs, _REGISTER_KEYWORDS, "MyVAE.setup_anndata", known=SCVI_SETUP_KEYWORDS)
         if not is_counts_copy(adata):  # the package's own copies were checked when they were made
-            check_setup(check_anndata(adata, "MyVAE.setup_anndata"), layer, batch_key)
+            check_setup(check_anndata(adata, "MyVAE.setup_anndata", takes_mudata=False), layer, batch_key)
         cls._register_anndata(adata, layer=layer, batch_key=batch_key, **kwargs)
 
     @classmethod

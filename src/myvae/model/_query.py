@@ -76,7 +76,7 @@ class QueryMixin:
         genes = pd.Index(_reference_payload(reference_model)["var_names"])
         if return_reference_var_names:
             return genes
-        adata = check_anndata(adata, "MyVAE.prepare_query_anndata")
+        adata = check_anndata(adata, "MyVAE.prepare_query_anndata", takes_mudata=False)
         positions = adata.var_names.get_indexer(genes) if adata.var_names.is_unique else None
         if positions is None:
             raise InputError(
@@ -143,7 +143,7 @@ class QueryMixin:
                 "learn: embed the query cells with mv.tl.myvae(query, model=reference_model), or pass unfrozen=True "
                 "to fine-tune all its weights on them."
             )
-        adata = check_anndata(adata, "MyVAE.load_query_data")
+        adata = check_anndata(adata, "MyVAE.load_query_data", takes_mudata=False)
         genes = pd.Index(payload["var_names"])
         if not adata.var_names.equals(genes) and model_genes_mask(genes, adata.var_names) is None:
             raise InputError(
