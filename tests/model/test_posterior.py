@@ -241,3 +241,18 @@ def test_a_query_of_a_model_with_batches_needs_their_column(two_batch_adata):
         model.get_elbo(adata=without)
     with pytest.raises(mv.InputError, match=r"mdata\['rna'\].obs\['sample'\] = mdata.obs\['sample'\].reindex"):
         mv.MyVAE.from_anndata(without)  # e.g. a MuData's modality, the batches a column of mdata.obs
+
+
+def test_normalized_expression_of_each_draw_averages_to_the_mean(trained, small_adata):
+    genes = list(small_adata.var_names[[3, 1]])
+    torch.manual_seed(0)
+    draws = trained.get_normalized_expression(n_samples=4, return_mean=False, gene_list=genes)
+    torch.manual_seed(0)
+    mean = trained.get_normalized_expression(n_samples=4, gene_list=genes)
+    assert isinstance(draws, np.ndarray) and draws.shape == (4, small_adata.n_obs, 2)
+    assert not np.allclose(draws[0], draws[1])
+    np.testing.assert_allclose(draws.mean(axis=0), mean.to_numpy(), rtol=1e-5, atol=1e-7)
+    at_library = trained.get_normalized_expression(n_samples=3, return_mean=False, library_size="latent")
+    totals = np.asarray(small_adata.X.sum(axis=1)).ravel()
+    np.testing.assert_allclose(at_library.sum(axis=-1), np.broadcast_to(totals, (3, len(totals))), rtol=1e-4)
+    assert trained.get_normalized_expression(n_samples=1, return_mean=False).shape == small_adata.shape

@@ -144,6 +144,7 @@ class PosteriorMixin:
         transform_batch: str | Sequence[str] | None = None,
         gene_list: Sequence[str] | None = None,
         batch_size: int | None = None,
+        return_mean: bool = True,
         return_numpy: bool = False,
     ) -> pd.DataFrame | np.ndarray:
         r"""Denoised, normalised expression: the posterior mean of :math:`\rho`, scaled to ``library_size``.
@@ -156,20 +157,23 @@ class PosteriorMixin:
             total of its counts over the model's genes (the model's observed library), which gives the expected
             counts :math:`l_n \rho_n`, as scvi-tools' ``library_size="latent"`` does.
         n_samples
-            Draws of :math:`z \sim q(z \mid x)` averaged per cell.
+            Draws of :math:`z \sim q(z \mid x)` averaged per cell (each returned, with ``return_mean=False``).
         transform_batch
             A batch (one of :attr:`batch_categories`): express every cell as if it came from that batch, which
             removes the batch effect from the expression; a list of batches averages the expression over them, as
             scvi-tools does. ``None`` decodes each cell with its own batch.
         {gene_list}
         {batch_size}
+        return_mean
+            Average the ``n_samples`` draws (as scvi-tools does); ``False`` returns each draw.
         return_numpy
             Return an array instead of a :class:`~pandas.DataFrame` indexed by cells and genes.
 
         Returns
         -------
         Cells × genes, ``float32``; with ``gene_list=None``, every row sums to ``library_size`` (or to the cell's
-        library size).
+        library size). With ``return_mean=False`` and ``n_samples > 1``, an array of ``n_samples`` × cells × genes,
+        as scvi-tools returns it.
         """
         if library_size != "latent":
             check_positive_float(library_size, 'library_size (a number, or "latent")')
@@ -178,9 +182,16 @@ class PosteriorMixin:
         codes = [batch_code(batch, self.batch_categories, "the model") for batch in transform_batches(transform_batch)]
         data = self._validate_anndata(adata)
 
+        each_draw = not return_mean and n_samples > 1
+
         def per_cell(tensors: dict[str, torch.Tensor], code: int | None) -> torch.Tensor:
-            rho = self.module.normalized_expression(tensors, n_samples=n_samples, transform_batch=code)
-            return rho * observed_library(tensors[REGISTRY_KEYS.X_KEY]) if library_size == "latent" else rho
+            if each_draw:  # cells × draws × genes, cells first for the concatenation over minibatches
+                draws = self.module.expression_draws(tensors, n_samples=n_samples, transform_batch=code)
+                rho, library = draws.movedim(0, 1), observed_library(tensors[REGISTRY_KEYS.X_KEY]).unsqueeze(-1)
+            else:
+                rho = self.module.normalized_expression(tensors, n_samples=n_samples, transform_batch=code)
+                library = observed_library(tensors[REGISTRY_KEYS.X_KEY])
+            return rho * library if library_size == "latent" else rho
 
         per_batch = [
             self._per_cell(lambda tensors, code=code: per_cell(tensors, code), data, indices, batch_size)
@@ -189,7 +200,9 @@ class PosteriorMixin:
         scale = 1.0 if library_size == "latent" else library_size
         expression = scale * np.mean(per_batch, axis=0, dtype=np.float32)
         if genes is not None:
-            expression = expression[:, self._gene_positions(genes)]
+            expression = expression[..., self._gene_positions(genes)]
+        if each_draw:
+            return np.moveaxis(expression, 1, 0)
         if return_numpy:
             return expression
         cells = data.obs_names if indices is None else data.obs_names[indices]
