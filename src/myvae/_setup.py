@@ -8,6 +8,7 @@ object.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from mudata import MuData
 from scipy import sparse
 
 from myvae._batches import batch_labels, check_batch_column, check_batch_values
-from myvae._checks import check_same_genes
+from myvae._checks import check_anndata, check_same_genes
 from myvae._counts import (
     check_counts,
     counts_location,
@@ -139,6 +140,7 @@ def counts_copy(
     key: str = "myvae",
     mdata: MuData | None = None,
     mod: str | None = None,
+    batch_categories: Sequence[str] | None = None,
 ) -> AnnData:
     """What a model reads of the user's ``adata``: a bare AnnData of its counts of the model's genes, checked.
 
@@ -147,15 +149,12 @@ def counts_copy(
     genes (``adata`` may have more, in any places, as long as the model's come in its order). The batch column
     ``batch_key`` (``None`` for a model without one; for ``adata`` the modality ``mod`` of ``mdata``, also found in
     ``mdata.obs``, as :func:`~myvae._data.obs_column` finds it) and a copy of the other ``obs`` columns come along,
-    so that queries naming a column (e.g. ``sample_key=``) find it. Counts on disk stay there. An
+    so that queries naming a column (e.g. ``sample_key=``) find it; with ``batch_categories`` (a model's batches)
+    the column takes them, in their order, and a batch outside them is refused. Counts on disk stay there. An
     :class:`~myvae.InputError` says what is wrong (not an AnnData, genes, batches, counts) before anything is read
     further; ``adata`` itself is never modified.
     """
-    if not isinstance(adata, AnnData):
-        raise InputError(
-            f"adata= takes an AnnData with the model's genes (for a MuData, its modality, e.g. mdata['rna']); got "
-            f"{type(adata).__name__}."
-        )
+    adata = check_anndata(adata, "adata=", takes_mudata=False)
     batches = None if batch_key is None else obs_column(adata, mdata, mod, batch_key)
     if batch_key is not None:
         if batches is None:
@@ -175,7 +174,7 @@ def counts_copy(
             f"{error} To use the model on these cells, record where their raw counts are with "
             "mv.pp.setup_counts(adata, layer=...)."
         ) from error
-    labels = None if batches is None else batch_labels(batches)
+    labels = None if batches is None else batch_labels(batches, batch_categories)
     data = training_anndata(adata, layer, batch_key, batches=labels, mask=mask)
     for column in adata.obs.columns.difference(data.obs.columns):
         data.obs[column] = adata.obs[column].values

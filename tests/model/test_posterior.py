@@ -228,7 +228,9 @@ def test_queries_read_the_counts_of_an_anndata_given_to_them(lognormalised_adata
     unrecorded = ad.AnnData(adata.X.copy(), obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
     with pytest.raises(mv.InputError, match="To use the model on these cells, record where their raw counts are"):
         model.get_elbo(adata=unrecorded)
-    with pytest.raises(mv.InputError, match=r"adata= takes an AnnData .* got MuData"):
+    with pytest.raises(
+        mv.InputError, match=r"adata= takes an AnnData; for a MuData pass its modality, e.g. mdata\['rna'\]"
+    ):
         model.get_elbo(adata=MuData({"rna": adata}))
 
 

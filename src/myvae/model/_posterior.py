@@ -16,7 +16,7 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
-from myvae._batches import batch_code, batch_labels, transform_batches
+from myvae._batches import batch_code, transform_batches
 from myvae._checks import check_positive_float, check_positive_int, checked_indices
 from myvae._counts import is_out_of_core
 from myvae._docs import doc_params
@@ -61,9 +61,8 @@ class PosteriorMixin:
             return super()._validate_anndata(adata, copy_if_view)
         setup_args = self.adata_manager.registry["setup_args"]
         batch_key = setup_args.get("batch_key")
-        data = counts_copy(adata, self.adata.var_names, setup_args.get("layer"), batch_key)
-        if batch_key is not None:  # the model's batches, in its order; one it never saw is refused
-            data.obs[batch_key] = batch_labels(data.obs[batch_key], self.batch_categories)
+        categories = None if batch_key is None else self.batch_categories  # a batch it never saw is refused
+        data = counts_copy(adata, self.adata.var_names, setup_args.get("layer"), batch_key, batch_categories=categories)
         with quiet_training_logs():  # scvi-tools' note that it registers the copy
             return super()._validate_anndata(data, copy_if_view)
 

@@ -188,18 +188,19 @@ class FrozenReference(Callback):
     def __init__(self, module: torch.nn.Module, masks: dict[str, torch.Tensor]):
         self._module = module
         self._masks = masks
-        self._start: dict[str, torch.Tensor] = {}
+        self._frozen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
         parameters = dict(self._module.named_parameters())
-        self._start = {name: parameters[name].detach().clone() for name in self._masks}
+        self._frozen = [
+            (parameters[name], parameters[name].detach().clone(), mask.to(parameters[name].device))
+            for name, mask in self._masks.items()
+        ]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        parameters = dict(self._module.named_parameters())
         with torch.no_grad():
-            for name, mask in self._masks.items():
-                parameter, start = parameters[name], self._start[name]
-                parameter.copy_(torch.where(mask.to(parameter.device), start, parameter))
+            for parameter, start, mask in self._frozen:
+                parameter.copy_(torch.where(mask, start, parameter))
 
 
 def _reference_payload(reference_model: Any) -> dict[str, Any]:
@@ -256,15 +257,13 @@ def _frozen_masks(module: torch.nn.Module, n_latent: int, n_reference_batches: i
 
 def _padded_query(adata: AnnData, genes: pd.Index, positions: np.ndarray) -> AnnData:
     """A new AnnData of ``adata``'s counts of ``genes`` (zeros where ``positions`` is -1) and a copy of its obs."""
-    counts = get_counts_matrix(adata, trained_layer(adata))
-    counts = sparse.csr_matrix(counts)
+    counts = sparse.csr_matrix(get_counts_matrix(adata, trained_layer(adata)))
     present = positions >= 0
-    columns = sparse.csr_matrix((adata.n_obs, len(genes)), dtype=counts.dtype)
-    selection = sparse.csc_matrix(
-        (np.ones(int(present.sum())), (positions[present], np.flatnonzero(present))),
+    selection = sparse.csc_matrix(  # column j of the result is the query's gene positions[j], or zeros
+        (np.ones(int(present.sum()), dtype=counts.dtype), (positions[present], np.flatnonzero(present))),
         shape=(adata.n_vars, len(genes)),
     )
-    padded = (counts @ selection).astype(counts.dtype) if present.any() else columns
-    query = bare_anndata(sparse.csr_matrix(padded), adata.obs.copy(), pd.DataFrame(index=genes.copy()))
+    padded = sparse.csr_matrix(counts @ selection)
+    query = bare_anndata(padded, adata.obs.copy(), pd.DataFrame(index=genes.copy()))
     query.uns[SETUP_KEY] = make_setup_record(None, None)
     return query
